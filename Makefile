@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make demo` and `make test`. Both create .venv with the machine's python3
+# and (re)install the project into it when pyproject.toml is newer than the last install.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/moelab demo
+
+test: $(STAMP)
+	$(BIN)/ruff check moelab analysis tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check moelab analysis tests
+
+bench: $(STAMP)
+	$(BIN)/moelab bench step
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

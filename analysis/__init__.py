@@ -1,0 +1,1 @@
+"""Scaling-law analysis of moelab results: laws, fits, uncertainty, validation, frontier, report."""
