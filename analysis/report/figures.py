@@ -1,0 +1,501 @@
+"""The report's figures: matplotlib (Agg), labelled axes with units, log axes where the law is a power law.
+
+Every function takes plain tables/arrays and returns a ``matplotlib.figure.Figure``, or ``None`` when the data
+cannot support the figure (the section is then left out of the report).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.6,
+    "legend.frameon": False,
+    "legend.fontsize": 8.5,
+    "svg.fonttype": "none",
+    "savefig.bbox": "tight",
+}
+
+HOLDOUT = dict(marker="*", s=140, facecolor="none", edgecolor="crimson", linewidths=1.2, zorder=5)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    return plt
+
+
+def _expert_colors(values: Sequence) -> dict:
+    plt = _plt()
+    vals = sorted({int(v) for v in values})
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(0.85 * i / max(1, len(vals) - 1)) for i, v in enumerate(vals)}
+
+
+def sci(x: float, digits: int = 2) -> str:
+    """1.2e+13 -> '1.2e13' (for labels)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    if x == 0:
+        return "0"
+    e = math.floor(math.log10(abs(x)))
+    if -2 <= e <= 3:
+        return f"{x:.{max(0, digits - 1 - e) if e < digits else 0}f}"
+    return f"{x / 10**e:.{digits - 1}f}e{e}"
+
+
+def training_curves(runs: pd.DataFrame, curves: dict[str, pd.DataFrame]):
+    """Held-out loss against tokens seen, one line per run, coloured by n_experts."""
+    have = [r for r in runs.itertuples() if r.run_id in curves and "eval_loss" in curves[r.run_id]]
+    if not have:
+        return None
+    plt = _plt()
+    colors = _expert_colors([r.n_experts for r in have])
+    fig, ax = plt.subplots(figsize=(7.0, 4.3))
+    for r in have:
+        c = curves[r.run_id]
+        c = c[c["eval_loss"].notna()]
+        c = c[np.isfinite(c["eval_loss"].astype(float)) & (c["tokens"] > 0)]
+        if c.empty:
+            continue
+        style = "-" if r.status == "succeeded" else ":"
+        ax.plot(c["tokens"], c["eval_loss"], style, color=colors[int(r.n_experts)], lw=1.1, alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen D (tokens)")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title("Training curves")
+    handles = [plt.Line2D([], [], color=c, lw=2) for c in colors.values()]
+    ax.legend(
+        handles, [f"{e} expert{'s' if e > 1 else ''}" for e in colors], title="n_experts", loc="upper right"
+    )
+    if (runs["status"] != "succeeded").any():
+        ax.text(
+            0.01, 0.02, "dotted: failed or diverged runs", transform=ax.transAxes, fontsize=8, color="0.4"
+        )
+    return fig
+
+
+def loss_vs_compute(
+    ok: pd.DataFrame,
+    frontier: pd.DataFrame | None = None,
+    heldout_ids: Sequence[str] = (),
+    law_label: str = "fitted law",
+):
+    """Final held-out loss against training compute, coloured by activated parameters, with the law's
+    compute-optimal frontier L*(C) (``frontier`` has columns flops, loss)."""
+    if len(ok) < 2:
+        return None
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+
+    fig, ax = plt.subplots(figsize=(7.0, 4.3))
+    sc = ax.scatter(
+        ok["flops"],
+        ok["loss"],
+        c=ok["active_params"],
+        norm=LogNorm(),
+        cmap="viridis",
+        s=28,
+        edgecolor="k",
+        linewidths=0.3,
+        zorder=3,
+    )
+    ho = ok[ok["run_id"].isin(list(heldout_ids))]
+    if len(ho):
+        ax.scatter(ho["flops"], ho["loss"], label="held out of the fit", **HOLDOUT)
+    if frontier is not None and len(frontier):
+        ax.plot(
+            frontier["flops"],
+            frontier["loss"],
+            "-",
+            color="crimson",
+            lw=1.6,
+            label=f"compute-optimal frontier ({law_label})",
+        )
+        if {"loss_lo", "loss_hi"} <= set(frontier.columns):
+            ax.fill_between(
+                frontier["flops"],
+                frontier["loss_lo"],
+                frontier["loss_hi"],
+                color="crimson",
+                alpha=0.12,
+                lw=0,
+                label="95% bootstrap band",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_y(ax)
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title("Loss against compute")
+    fig.colorbar(sc, ax=ax, label="activated parameters N (non-embedding)")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right")
+    return fig
+
+
+def _no_minor_labels(axis) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _plain_log_y(ax) -> None:
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    lo, hi = ax.get_ylim()
+    if hi / lo < 10:  # a narrow log range: plain numbers read better than 10^x
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=np.arange(1, 10) * 1.0, numticks=12))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
+
+
+ARCH = ("n_experts", "top_k", "n_shared_experts", "granularity")
+
+
+def _arch_label(g: pd.DataFrame) -> str:
+    r = g.iloc[0]
+    if int(r.get("n_experts", 1)) <= 1:
+        return "dense"
+    return f"E{int(r['n_experts'])}·k{int(r['top_k'])}" + (
+        f"+{int(r['n_shared_experts'])}s" if r.get("n_shared_experts", 0) else ""
+    )
+
+
+def isoflop_groups(ok: pd.DataFrame, min_points: int = 3, tol_dex: float = 0.06) -> list[pd.DataFrame]:
+    """Runs of one architecture (experts, top_k, shared, granularity) grouped by compute budget (within
+    ``tol_dex`` decades) with at least ``min_points`` distinct sizes: the IsoFLOP profiles of Chinchilla's
+    Approach 2 (Hoffmann et al. 2022, section 3.2)."""
+    if len(ok) < min_points:
+        return []
+    groups = []
+    keys = [k for k in ARCH if k in ok]
+    for _, arch in ok.groupby(keys, dropna=False) if keys else [(None, ok)]:
+        df = arch.sort_values("flops")
+        logc = np.log10(df["flops"].to_numpy(dtype=float))
+        start = 0
+        for i in range(1, len(df) + 1):
+            if i == len(df) or logc[i] - logc[start] > tol_dex:
+                g = df.iloc[start:i]
+                if g["active_params"].nunique() >= min_points:
+                    groups.append(g)
+                start = i
+    return sorted(groups, key=lambda g: float(g["flops"].mean()))
+
+
+def isoflop_parabola(g: pd.DataFrame) -> tuple[float, float, np.ndarray] | None:
+    """Chinchilla Approach 2: loss as a parabola in log N at fixed compute; returns (N_min, L_min, coeffs)."""
+    x = np.log(g["active_params"].to_numpy(dtype=float))
+    y = g["loss"].to_numpy(dtype=float)
+    coef = np.polyfit(x, y, 2)
+    if coef[0] <= 0:
+        return None
+    xm = -coef[1] / (2 * coef[0])
+    return float(np.exp(xm)), float(np.polyval(coef, xm)), coef
+
+
+def _tokens_at(g: pd.DataFrame, n: float) -> float:
+    """Tokens at size n on an IsoFLOP profile: log D is linear in log N (D = C / flops per token)."""
+    slope, icpt = np.polyfit(np.log(g["active_params"].astype(float)), np.log(g["tokens"].astype(float)), 1)
+    return float(np.exp(icpt + slope * np.log(n)))
+
+
+def isoflop(ok: pd.DataFrame):
+    groups = isoflop_groups(ok)
+    if not groups:
+        return None, []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.0, 4.3))
+    cmap = plt.get_cmap("plasma")
+    minima = []
+    for i, g in enumerate(groups):
+        color = cmap(0.8 * i / max(1, len(groups) - 1))
+        c = float(np.exp(np.log(g["flops"]).mean()))
+        g = g.sort_values("active_params")
+        archs = {_arch_label(x) for x in groups}
+        lab = f"C = {sci(c)} FLOPs" + (f", {_arch_label(g)}" if len(archs) > 1 else "")
+        ax.plot(g["active_params"], g["loss"], "o", color=color, ms=5, label=lab)
+        fit = isoflop_parabola(g)
+        if fit is None:
+            continue
+        n_min, l_min, coef = fit
+        xs = np.linspace(np.log(g["active_params"].min()), np.log(g["active_params"].max()), 100)
+        ax.plot(np.exp(xs), np.polyval(coef, xs), "-", color=color, lw=1.2, alpha=0.8)
+        inside = g["active_params"].min() <= n_min <= g["active_params"].max()
+        ax.plot([n_min], [l_min], "D" if inside else "d", color=color, ms=8, mec="k", mew=0.8)
+        minima.append(
+            {
+                "flops": c,
+                "arch": _arch_label(g),
+                "n_opt": n_min,
+                "d_opt": _tokens_at(g, n_min),
+                "loss_min": l_min,
+                "inside_range": bool(inside),
+                "points": len(g),
+            }
+        )
+    ax.set_xscale("log")
+    _no_minor_labels(ax.xaxis)
+    ax.set_xlabel("activated parameters N (non-embedding)")
+    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_title("IsoFLOP curves (diamonds: parabola minima in log N)")
+    ax.legend(loc="upper center", ncols=min(3, len(groups)))
+    return fig, minima
+
+
+def _sig2(x: pd.Series) -> pd.Series:
+    """Round to two significant digits, so sizes equal up to router/rounding parameters group."""
+    x = x.astype(float)
+    e = np.floor(np.log10(np.abs(x).where(x != 0, 1.0)))
+    return (x / 10**e).round(1) * 10**e
+
+
+def _param_groups(ok: pd.DataFrame, vary: str, fixed: Sequence[str], min_points: int) -> list[pd.DataFrame]:
+    df = ok.assign(_active=_sig2(ok["active_params"]), _total=_sig2(ok["total_params"]))
+    keys = [k for k in fixed if k in df]
+    out = []
+    for _, g in df.groupby(keys, dropna=False):
+        if g[vary].nunique() >= min_points:
+            out.append(g.sort_values(vary))
+    return sorted(out, key=len, reverse=True)
+
+
+def moe_groups(ok: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
+    """Controlled comparisons: runs that differ in one MoE knob with the activated size and tokens fixed
+    (and, for granularity, the total size too: Krajewski et al. 2024 vary G at fixed N)."""
+    if "n_experts" not in ok:
+        return {}
+    base = ["d_model", "n_layers", "tokens", "seq_len"]
+    out = {
+        "n_experts": _param_groups(ok, "n_experts", base + ["top_k", "n_shared_experts", "granularity"], 3),
+        "shared_ratio": _param_groups(ok, "shared_ratio", base + ["n_experts", "granularity", "_active"], 2),
+        "granularity": _param_groups(ok, "granularity", base + ["n_shared_experts", "_active", "_total"], 2),
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+def moe_effects(
+    ok: pd.DataFrame,
+    clark: Callable[[np.ndarray, pd.DataFrame], np.ndarray] | None = None,
+    clark_label: str = "Clark et al. fit",
+):
+    """Up to three panels: loss vs n_experts at fixed activated budget (with the Clark fit), vs shared_ratio,
+    vs granularity."""
+    groups = moe_groups(ok)
+    if not groups:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 0.6, 3.6), squeeze=False)
+    for ax, (knob, gs) in zip(axes[0], groups.items(), strict=True):
+        for j, g in enumerate(gs[:3]):
+            color = plt.get_cmap("tab10")(j)
+            lab = f"N = {sci(float(g['active_params'].median()))}, D = {sci(float(g['tokens'].iloc[0]))}"
+            ax.plot(
+                g[knob], g["loss"], "o-" if knob != "n_experts" else "o", color=color, ms=5, lw=1, label=lab
+            )
+            if knob == "n_experts" and clark is not None:
+                xs = np.geomspace(g[knob].min(), g[knob].max(), 60)
+                ax.plot(xs, clark(xs, g), "-", color=color, lw=1.2, alpha=0.8)
+        if knob == "n_experts":
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("routed experts E (log scale)")
+            ax.set_title("Experts at fixed activated N" + (f"\nline: {clark_label}" if clark else ""))
+        elif knob == "shared_ratio":
+            ax.set_xlabel("shared_ratio (shared / activated FFN)")
+            ax.set_title("Shared-expert ratio")
+        else:
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("granularity G (dense FFN width / expert width)")
+            ax.set_title("Expert granularity")
+        ax.set_ylabel("held-out loss (nats/token)")
+        ax.legend(loc="best", fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+def heldout(table: pd.DataFrame):
+    """Predicted against observed loss (columns law, observed, predicted, heldout: bool)."""
+    if table is None or table.empty or not table["heldout"].any():
+        return None
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, 4.0), gridspec_kw={"width_ratios": [1.1, 1]})
+    laws = list(dict.fromkeys(table["law"]))
+    lo = float(min(table["observed"].min(), table["predicted"].min())) * 0.98
+    hi = float(max(table["observed"].max(), table["predicted"].max())) * 1.02
+    ax.plot([lo, hi], [lo, hi], "-", color="0.5", lw=0.8, label="y = x")
+    for i, law in enumerate(laws):
+        t = table[table["law"] == law]
+        color = plt.get_cmap("tab10")(i)
+        ax.scatter(
+            t.loc[~t["heldout"], "observed"], t.loc[~t["heldout"], "predicted"], s=14, color=color, alpha=0.45
+        )
+        ax.scatter(
+            t.loc[t["heldout"], "observed"],
+            t.loc[t["heldout"], "predicted"],
+            s=70,
+            marker="*",
+            color=color,
+            edgecolor="k",
+            linewidths=0.4,
+            label=law,
+        )
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+    ax.set_xlabel("observed loss (nats/token)")
+    ax.set_ylabel("predicted loss (nats/token)")
+    ax.set_title("Predicted vs observed (stars: held out)")
+    ax.legend(loc="upper left", fontsize=7.5)
+    ho = table[table["heldout"]].copy()
+    ho["rel"] = 100 * (ho["predicted"] - ho["observed"]) / ho["observed"]
+    piv = ho.pivot_table(index="run_id", columns="law", values="rel", aggfunc="first")
+    piv = piv.loc[ho.drop_duplicates("run_id").sort_values("observed")["run_id"]]
+    x = np.arange(len(piv))
+    width = 0.8 / max(1, len(laws))
+    for i, law in enumerate(laws):
+        if law in piv:
+            ax2.bar(
+                x + (i - (len(laws) - 1) / 2) * width,
+                piv[law],
+                width,
+                color=plt.get_cmap("tab10")(i),
+                label=law,
+            )
+    ax2.axhline(0, color="0.3", lw=0.8)
+    ax2.set_xticks(x, [r[:6] for r in piv.index], rotation=45, ha="right", fontsize=7.5)
+    ax2.set_xlabel("held-out run")
+    ax2.set_ylabel("relative error (predicted − observed), %")
+    ax2.set_title("Held-out relative errors")
+    fig.tight_layout()
+    return fig
+
+
+def extrapolation(
+    frontier: pd.DataFrame, target: dict, paper: dict | None, points: pd.DataFrame | None = None
+):
+    """The fitted compute-optimal N_opt(C) and D_opt(C) carried out to the target's compute, next to the
+    paper's own allocation law and the target's chosen (N, D)."""
+    if frontier is None or frontier.empty:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    for ax, col, name, unit in [
+        (axes[0], "n_opt", "N_opt", "activated parameters"),
+        (axes[1], "d_opt", "D_opt", "tokens"),
+    ]:
+        if col not in frontier:
+            continue
+        ax.plot(frontier["flops"], frontier[col], "-", color="C0", lw=1.6, label="this sweep's fit")
+        if f"{col}_lo" in frontier:
+            ax.fill_between(
+                frontier["flops"],
+                frontier[f"{col}_lo"],
+                frontier[f"{col}_hi"],
+                color="C0",
+                alpha=0.15,
+                lw=0,
+                label="95% bootstrap band",
+            )
+        if paper and f"{col}_coef" in paper:
+            c = frontier["flops"].to_numpy(dtype=float)
+            ax.plot(
+                c,
+                paper[f"{col}_coef"] * c ** paper[f"{col}_exp"],
+                "--",
+                color="C3",
+                lw=1.4,
+                label=paper.get("label", "paper's law"),
+            )
+        if points is not None and col in points:
+            ax.plot(points["flops"], points[col], "o", color="k", ms=4, label="IsoFLOP minima (this sweep)")
+        tv = target.get({"n_opt": "active_params", "d_opt": "tokens"}[col])
+        if tv and target.get("flops"):
+            ax.plot(
+                [target["flops"]],
+                [tv],
+                "*",
+                ms=15,
+                color="gold",
+                mec="k",
+                label=f"{target.get('name', 'target')} ({sci(tv)})",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel(f"{name} ({unit})")
+        ax.set_title(f"Compute-optimal {name}")
+        ax.legend(loc="upper left", fontsize=7.5)
+    fig.tight_layout()
+    return fig
+
+
+def router_health(runs: pd.DataFrame, expert_load: dict[str, list[list[float]]]):
+    """Left: final per-expert load of the largest MoE run (layer × expert, as a multiple of uniform).
+    Right: dropped and recycled token fractions per MoE run."""
+    moe = runs[(runs["n_experts"] > 1) & runs["run_id"].isin(list(expert_load))]
+    if moe.empty:
+        return None
+    plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
+    pick = moe.sort_values(["total_params", "tokens"]).iloc[-1]
+    load = np.asarray(expert_load[pick["run_id"]], dtype=float)
+    if load.ndim != 2:
+        return None
+    rel = load * load.shape[1]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.0, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    span = max(0.05, float(np.abs(rel - 1).max()))
+    im = ax.imshow(
+        rel, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 1 - span, 1 + span), interpolation="nearest"
+    )
+    ax.set_xlabel("routed expert")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(load.shape[0]))
+    ax.grid(False)
+    ax.set_title(f"Per-expert load, run {pick['run_id'][:8]} (E = {int(pick['n_experts'])})")
+    fig.colorbar(im, ax=ax, label="load / uniform share")
+    # one bar pair per MoE architecture (mean over its runs), so the chart stays readable on big sweeps
+    m = moe.assign(arch=[_arch_label(moe.loc[[i]]) for i in moe.index])
+    m = (
+        m.groupby("arch", sort=False)
+        .agg(
+            n_experts=("n_experts", "first"),
+            top_k=("top_k", "first"),
+            runs=("run_id", "size"),
+            dropped=("dropped_frac", "mean"),
+            recycled=("recycled_frac", "mean"),
+        )
+        .sort_values(["n_experts", "top_k"])
+    )
+    x = np.arange(len(m))
+    drop = m["dropped"].fillna(0).to_numpy(dtype=float) * 100
+    rec = m["recycled"].fillna(0).to_numpy(dtype=float) * 100
+    ax2.bar(x - 0.2, drop, 0.4, color="C3", label="dropped")
+    ax2.bar(x + 0.2, rec, 0.4, color="C0", label="recycled")
+    ax2.set_xticks(
+        x, list(m.index), rotation=45 if len(m) > 6 else 0, ha="right" if len(m) > 6 else "center", fontsize=8
+    )
+    ax2.set_ylim(0, max(1e-3, float(max(drop.max(), rec.max()))) * 1.3)
+    ax2.set_xlabel("MoE architecture (routed experts · top_k + shared)")
+    ax2.set_ylabel("routed tokens (%)")
+    ax2.set_title("Dropped and recycled tokens (final, mean over runs)")
+    ax2.legend(loc="upper left", ncols=2)
+    fig.tight_layout()
+    return fig
