@@ -1,0 +1,176 @@
+"""The dry-run plan of a sweep: every run with its size, budget, estimated time and what ``run`` will do.
+
+Estimated time = ``overhead_s + flops / flops_per_s`` (less the part done before a checkpoint, for a resume).
+``flops_per_s`` is, in order: the spec's ``estimate.flops_per_s``; the median training FLOP/s
+(``tokens_per_s * flops_per_token``) of this sweep's succeeded runs; ``DEFAULT_FLOPS_PER_S_PER_CPU`` times the
+trial's CPUs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moelab.sweep.spec import DEFAULT_FLOPS_PER_S_PER_CPU, SweepSpec, Trial
+from moelab.sweep.state import checkpoint_steps, decide, read_summary, run_state
+
+
+@dataclass
+class PlannedRun:
+    trial: Trial
+    run_dir: Path
+    state: str
+    action: str
+    active_params: int
+    total_params: int
+    tokens: int
+    flops: float
+    est_s: float
+
+    @property
+    def run_id(self) -> str:
+        return self.trial.run_id
+
+
+def sweep_dir(spec: SweepSpec, results: str | Path) -> Path:
+    return Path(results) / spec.name
+
+
+def calibrate(spec: SweepSpec, sweep_path: Path, trials: list[Trial]) -> tuple[float, str]:
+    """Training FLOP/s for the estimates and where the figure comes from."""
+    if spec.flops_per_s:
+        return float(spec.flops_per_s), "spec"
+    rates = []
+    for t in trials:
+        s = read_summary(sweep_path / "runs" / t.run_id)
+        if s and s.get("status") == "succeeded" and s.get("tokens_per_s"):
+            rates.append(float(s["tokens_per_s"]) * t.run.flops_per_token())
+    if rates:
+        return statistics.median(rates), f"median of {len(rates)} finished runs"
+    return DEFAULT_FLOPS_PER_S_PER_CPU * spec.resources.cpus, "default"
+
+
+def make_plan(
+    spec: SweepSpec, results: str | Path, rerun_failed: bool = False, trials: list[Trial] | None = None
+) -> tuple[list[PlannedRun], float, str]:
+    from moelab.accounting import param_counts
+
+    trials = spec.trials() if trials is None else trials
+    root = sweep_dir(spec, results)
+    rate, rate_src = calibrate(spec, root, trials)
+    planned = []
+    for t in trials:
+        run_dir = root / "runs" / t.run_id
+        state = run_state(run_dir)
+        counts = param_counts(t.run.model)
+        tokens = t.run.budget_tokens()
+        flops = tokens * t.run.flops_per_token()
+        remaining = 1.0
+        if state == "interrupted":
+            done = checkpoint_steps(run_dir)[-1]
+            remaining = max(0.0, 1.0 - done / t.run.total_steps())
+        action = decide(state, rerun_failed)
+        est = spec.overhead_s + remaining * flops / rate if action != "skip" and action != "hold" else 0.0
+        planned.append(PlannedRun(t, run_dir, state, action, counts.active, counts.total, tokens, flops, est))
+    return planned, rate, rate_src
+
+
+def plan_rows(planned: list[PlannedRun]) -> list[dict[str, Any]]:
+    rows = []
+    for p in planned:
+        m = p.trial.run.model
+        rows.append(
+            {
+                "run_id": p.run_id,
+                "n_experts": m.n_experts,
+                "top_k": m.top_k,
+                "shared_ratio": round(m.shared_ratio, 3),
+                "granularity": round(m.granularity, 2),
+                "d_model": m.d_model,
+                "n_layers": m.n_layers,
+                "seed": p.trial.run.train.seed,
+                "active_params": p.active_params,
+                "total_params": p.total_params,
+                "tokens": p.tokens,
+                "flops": p.flops,
+                "est_s": p.est_s,
+                "state": p.state,
+                "action": p.action,
+            }
+        )
+    return rows
+
+
+def render_plan(
+    spec: SweepSpec, planned: list[PlannedRun], rate: float, rate_src: str, concurrency: int, console=None
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"sweep {spec.name}: {len(planned)} runs ({spec.generator})", title_justify="left")
+    for col in (
+        "run_id",
+        "experts",
+        "top_k",
+        "shared",
+        "gran",
+        "d_model x L",
+        "seed",
+        "active",
+        "total",
+        "tokens",
+        "FLOPs",
+        "est",
+        "action",
+    ):
+        table.add_column(col, justify="left" if col in ("run_id", "action") else "right")
+    colour = {"run": "cyan", "resume": "yellow", "skip": "green", "rerun": "magenta", "hold": "red"}
+    for p, r in zip(planned, plan_rows(planned), strict=True):
+        table.add_row(
+            r["run_id"],
+            str(r["n_experts"]),
+            str(r["top_k"]),
+            f"{r['shared_ratio']:.2f}",
+            f"{r['granularity']:.2g}",
+            f"{r['d_model']}x{r['n_layers']}",
+            str(r["seed"]),
+            human(r["active_params"]),
+            human(r["total_params"]),
+            human(r["tokens"]),
+            f"{r['flops']:.2e}",
+            duration(r["est_s"]) if r["est_s"] else "-",
+            f"[{colour[p.action]}]{p.action}[/]" + (f" ({p.state})" if p.action in ("hold", "rerun") else ""),
+        )
+    console.print(table)
+    todo = [p for p in planned if p.action in ("run", "resume", "rerun")]
+    counts = {a: sum(p.action == a for p in planned) for a in ("run", "resume", "rerun", "skip", "hold")}
+    total_s = sum(p.est_s for p in todo)
+    console.print(
+        " ".join(f"{a} {n}" for a, n in counts.items() if n)
+        + f" | estimated {duration(total_s)} of trial time, about {duration(total_s / max(1, concurrency))}"
+        f" at concurrency {concurrency} ({rate:.2g} FLOP/s per trial: {rate_src})"
+    )
+    if counts["hold"]:
+        console.print(
+            f"[red]{counts['hold']} failed or diverged run(s) are held: rerun them with --rerun-failed[/]"
+        )
+
+
+def human(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -1,0 +1,483 @@
+"""Sweep specifications: a YAML file -> a validated ``SweepSpec`` -> a list of ``Trial``s.
+
+A spec (see docs/sweeps.md and sweeps/*.yaml)::
+
+    name: demo                      # results go to RESULTS/demo/
+    model: {vocab_size: 256}        # base ModelConfig fields (or `preset: NAME`), plus budget fields
+    data: {...}                     # base DataConfig fields
+    train: {...}                    # base TrainConfig fields
+    generator: grid                 # grid | zip | isoflop
+    axes:                           # lists over n_experts, shared_ratio, active_params, top_k,
+      active_params: [2e5, 8e5]     #   granularity, tokens | flops
+      n_experts: [1, 8]
+      tokens: [2e5, 8e5]
+    seeds: [0]
+    resources: {cpus: 1, gpus: 0, custom: {TPU: 4}}
+    max_concurrency: 2
+    retries: 2
+    estimate: {flops_per_s: 2e9, overhead_s: 10}   # for the plan's time column
+
+Generators (as Ray Tune's grid_search; IsoFLOP profiles of Hoffmann et al. 2022, sec. 3.2):
+
+- ``grid``: the cross product of every axis;
+- ``zip``: the i-th values of every axis together (all axes of equal length);
+- ``isoflop``: for each compute budget in ``axes.flops`` and each size in ``axes.active_params`` (crossed with
+  the other axes), the tokens are derived so the run spends that budget:
+  ``tokens = flops / moelab.accounting.train_flops_per_token(model, seq_len)``.
+
+Everything is checked before any training starts: a problem raises a one-line ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moelab.errors import ConfigError
+
+GENERATORS = ("grid", "zip", "isoflop")
+#: Axes that shape the model through ModelConfig.from_budget.
+BUDGET_AXES = ("active_params", "n_experts", "shared_ratio", "top_k", "granularity")
+#: Axes that set the training length.
+LENGTH_AXES = ("tokens", "flops")
+AXES = BUDGET_AXES + LENGTH_AXES
+TOP_KEYS = (
+    "name",
+    "description",
+    "model",
+    "data",
+    "train",
+    "generator",
+    "axes",
+    "seeds",
+    "resources",
+    "max_concurrency",
+    "retries",
+    "estimate",
+)
+RESOURCE_KEYS = ("cpus", "gpus", "custom")
+ESTIMATE_KEYS = ("flops_per_s", "overhead_s")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_INT_AXES = ("n_experts", "top_k")
+
+#: Sustained training FLOP/s of one CPU core on the tiny models of the CPU ladder (measured 2026-11-28 on the
+#: 2-core machine; small matrices reach a fraction of XLA's 35 GFLOP/s matmul peak). Finished runs of the same
+#: sweep replace this guess in the plan (see moelab.sweep.plan.calibrate).
+DEFAULT_FLOPS_PER_S_PER_CPU = 2.0e9
+#: Per-trial fixed cost: worker start, JAX import, compilation (a warm persistent cache makes it smaller).
+DEFAULT_OVERHEAD_S = 8.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial asks Ray for: ``num_cpus``, ``num_gpus`` and custom resources (e.g. ``{"TPU": 4}``)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)
+
+    def ray_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        if self.custom:
+            opts["resources"] = dict(self.custom)
+        return opts
+
+    @property
+    def threads(self) -> int:
+        """Threads a trial may use for XLA/BLAS: its CPUs, at least one."""
+        return max(1, int(math.floor(self.cpus)))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of a sweep: its configuration, content-hashed id and the axis values that produced it."""
+
+    run_id: str
+    run: Any  # moelab.train.RunConfig
+    point: dict[str, Any]
+
+    @property
+    def model(self) -> Any:
+        return self.run.model
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    train: dict[str, Any]
+    generator: str = "grid"
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    max_concurrency: int | None = None
+    retries: int = 2
+    flops_per_s: float | None = None
+    overhead_s: float = DEFAULT_OVERHEAD_S
+    description: str = ""
+    source: str = "<spec>"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_file(cls, path: str | Path) -> SweepSpec:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: str = "<spec>") -> SweepSpec:
+        err = _Errors(source)
+        if not isinstance(raw, dict):
+            raise err("", f"a sweep spec must be a mapping of keys, got {type(raw).__name__}")
+        unknown = [k for k in raw if k not in TOP_KEYS]
+        if unknown:
+            raise err(str(unknown[0]), f"unknown key; allowed: {', '.join(TOP_KEYS)}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise err("name", f"must be a folder-safe name (letters, digits, _ . -), got {name!r}")
+        sections = {}
+        for key in ("model", "data", "train"):
+            value = raw.get(key) or {}
+            if not isinstance(value, dict):
+                raise err(key, f"must be a mapping of {key} settings, got {type(value).__name__}")
+            sections[key] = {str(k): v for k, v in value.items()}
+        generator = raw.get("generator", "grid")
+        if generator not in GENERATORS:
+            raise err("generator", f"must be one of {'|'.join(GENERATORS)}, got {generator!r}")
+        axes = _parse_axes(raw.get("axes") or {}, err)
+        _check_axes(generator, axes, sections, err)
+        seeds = _parse_seeds(raw.get("seeds"), err)
+        resources = _parse_resources(raw.get("resources") or {}, err)
+        max_conc = raw.get("max_concurrency")
+        if max_conc is not None and not (_is_int(max_conc) and max_conc >= 1):
+            raise err("max_concurrency", f"must be an integer >= 1, got {max_conc!r}")
+        retries = raw.get("retries", 2)
+        if not (_is_int(retries) and retries >= 0):
+            raise err("retries", f"must be an integer >= 0, got {retries!r}")
+        estimate = raw.get("estimate") or {}
+        if not isinstance(estimate, dict):
+            raise err("estimate", "must be a mapping with flops_per_s and/or overhead_s")
+        for k in estimate:
+            if k not in ESTIMATE_KEYS:
+                raise err(f"estimate.{k}", f"unknown key; allowed: {', '.join(ESTIMATE_KEYS)}")
+        flops_per_s = _number(estimate.get("flops_per_s"), "estimate.flops_per_s", err, positive=True)
+        overhead = _number(estimate.get("overhead_s", DEFAULT_OVERHEAD_S), "estimate.overhead_s", err)
+        description = raw.get("description") or ""
+        return cls(
+            name=name,
+            model=sections["model"],
+            data=sections["data"],
+            train=sections["train"],
+            generator=generator,
+            axes=axes,
+            seeds=seeds,
+            resources=resources,
+            max_concurrency=max_conc,
+            retries=retries,
+            flops_per_s=flops_per_s,
+            overhead_s=float(overhead),
+            description=str(description),
+            source=source,
+        )
+
+    # ------------------------------------------------------------------ expansion
+    def points(self) -> list[dict[str, Any]]:
+        """The axis values of every trial, in a stable order (generator order, then seeds)."""
+        names = list(self.axes)
+        if self.generator == "zip":
+            length = len(next(iter(self.axes.values()))) if self.axes else 1
+            combos = [tuple(self.axes[n][i] for n in names) for i in range(length)]
+        else:  # grid and isoflop both cross every axis; isoflop derives tokens afterwards
+            combos = list(itertools.product(*(self.axes[n] for n in names)))
+        seeds = self.seeds or (None,)
+        out = []
+        for combo in combos:
+            for seed in seeds:
+                point = dict(zip(names, combo, strict=True))
+                if seed is not None:
+                    point["seed"] = seed
+                out.append(point)
+        return out
+
+    def trials(self) -> list[Trial]:
+        """Every distinct run of the sweep (duplicate configurations collapse into one, first wins)."""
+        from moelab.sweep.runid import run_id
+
+        trials: dict[str, Trial] = {}
+        err = _Errors(self.source)
+        for point in self.points():
+            run = build_run(self, point, err)
+            rid = run_id(run)
+            trials.setdefault(rid, Trial(run_id=rid, run=run, point=point))
+        return list(trials.values())
+
+
+# ---------------------------------------------------------------------- building one run
+def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None) -> Any:
+    """The RunConfig of one point: base sections + axis values (model through from_budget when budgeted)."""
+    from moelab.accounting import train_flops_per_token
+    from moelab.config import ModelConfig
+    from moelab.train.config import RunConfig
+
+    err = err or _Errors(spec.source)
+    where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+    model_fields = dict(spec.model)
+    preset = model_fields.pop("preset", None)
+    try:
+        if preset is not None:
+            from moelab.presets import get_preset
+
+            base = get_preset(str(preset)).to_dict()
+            base.update({k: v for k, v in model_fields.items() if k not in BUDGET_AXES})
+            model_fields = {**{k: v for k, v in model_fields.items() if k in BUDGET_AXES}, **base}
+        budget = {k: v for k, v in model_fields.items() if k in BUDGET_AXES}
+        budget.update({k: point[k] for k in BUDGET_AXES if k in point})
+        rest = {k: v for k, v in model_fields.items() if k not in BUDGET_AXES}
+        if "active_params" in budget:
+            if preset is not None:  # the preset's shape is replaced by the family member of that budget
+                shape_keys = (
+                    "d_model",
+                    "n_layers",
+                    "n_heads",
+                    "n_kv_heads",
+                    "head_dim",
+                    "n_experts",
+                    "top_k",
+                    "n_shared_experts",
+                    "d_expert",
+                    "d_shared",
+                    "cla_share",
+                )
+                rest = {k: v for k, v in rest.items() if k not in shape_keys}
+            model = ModelConfig.from_budget(**budget, **rest)
+        else:
+            extra = [k for k in ("shared_ratio", "granularity") if k in budget]
+            if extra:
+                raise err(
+                    f"axes.{extra[0]}" if extra[0] in point else f"model.{extra[0]}",
+                    "needs active_params (in model or axes) to build the model from a budget",
+                )
+            model = ModelConfig.from_dict(
+                {**rest, **{k: budget[k] for k in ("n_experts", "top_k") if k in budget}}
+            )
+    except ConfigError as exc:
+        if str(exc).startswith(spec.source):
+            raise
+        key = _key_of(str(exc), point)
+        raise err(key, f"{_one_line(exc)} (at {where or 'the base config'})") from None
+    except TypeError as exc:  # an unknown keyword reached ModelConfig
+        raise err("model", f"{_one_line(exc)}") from None
+
+    data = dict(spec.data)
+    train = dict(spec.train)
+    if "seed" in point:
+        train["seed"] = point["seed"]
+    if "tokens" in point:
+        train["tokens"] = int(round(point["tokens"]))
+    elif "flops" in point:
+        train["tokens"] = max(1, int(round(point["flops"] / train_flops_per_token(model, _seq_len(train)))))
+    try:
+        return RunConfig.from_dict({"model": model.to_dict(), "data": data, "train": train})
+    except ConfigError as exc:
+        message = _one_line(exc)
+        match = re.match(r"^(data|train|model)\.([A-Za-z_]+)", message)
+        key = f"{match.group(1)}.{match.group(2)}" if match else "train"
+        raise err(key, f"{message} (at {where or 'the base config'})") from None
+    except TypeError as exc:
+        raise err("train", _one_line(exc)) from None
+
+
+def _seq_len(train: dict) -> int:
+    from moelab.train.config import TrainConfig
+
+    if "seq_len" in train:
+        return int(train["seq_len"])
+    return int({f.name: f.default for f in dataclasses.fields(TrainConfig)}["seq_len"])
+
+
+# ---------------------------------------------------------------------- validation helpers
+class _Errors:
+    """Builds one-line ConfigErrors: ``SOURCE: KEY: message``."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __call__(self, key: str, message: str) -> ConfigError:
+        prefix = f"{self.source}: {key}: " if key else f"{self.source}: "
+        return ConfigError(prefix + message)
+
+
+def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
+    if not isinstance(raw, dict):
+        raise err("axes", f"must be a mapping of axis -> list of values, got {type(raw).__name__}")
+    axes: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        if key == "seeds" or key == "seed":
+            raise err(f"axes.{key}", "seeds are a top-level key (seeds: [0, 1]), crossed with every trial")
+        if key not in AXES:
+            raise err(f"axes.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise err(f"axes.{key}", "must list at least one value")
+        parsed = []
+        for v in values:
+            num = _number(v, f"axes.{key}", err, positive=key not in ("shared_ratio",))
+            if key in _INT_AXES:
+                if num != int(num):
+                    raise err(f"axes.{key}", f"must be integers, got {v!r}")
+                num = int(num)
+            if key == "shared_ratio" and not 0 <= num < 1:
+                raise err(f"axes.{key}", f"must be in [0, 1), got {v!r}")
+            parsed.append(num)
+        if len(set(parsed)) != len(parsed):
+            raise err(f"axes.{key}", f"has repeated values {parsed}")
+        axes[key] = parsed
+    return axes
+
+
+def _check_axes(generator: str, axes: dict[str, list[Any]], sections: dict[str, dict], err: _Errors) -> None:
+    if "tokens" in axes and "flops" in axes:
+        raise err(
+            "axes.flops", "give either axes.tokens or axes.flops, not both (tokens are derived from flops)"
+        )
+    if generator == "zip" and axes:
+        lengths = {k: len(v) for k, v in axes.items()}
+        first = next(iter(lengths))
+        for k, n in lengths.items():
+            if n != lengths[first]:
+                raise err(
+                    f"axes.{k}",
+                    f"has {n} values but axes.{first} has {lengths[first]} (zip needs equal lengths)",
+                )
+    if generator == "isoflop":
+        if "tokens" in axes:
+            raise err("axes.tokens", "isoflop derives tokens from axes.flops; remove axes.tokens")
+        for k in ("flops", "active_params"):
+            if k not in axes:
+                raise err(
+                    f"axes.{k}", f"isoflop needs a list of {'compute budgets' if k == 'flops' else 'sizes'}"
+                )
+    for key in axes:
+        if key in BUDGET_AXES and key in sections["model"]:
+            raise err(f"model.{key}", f"is also an axis (axes.{key}); keep one")
+    for budget_key in ("tokens", "flops"):
+        if budget_key in sections["train"] and ("tokens" in axes or "flops" in axes):
+            axis = "tokens" if "tokens" in axes else "flops"
+            raise err(f"train.{budget_key}", f"is also set by axes.{axis}; keep one")
+    for k in ("shared_ratio", "granularity"):
+        if (
+            (k in axes or k in sections["model"])
+            and "active_params" not in axes
+            and "active_params" not in sections["model"]
+        ):
+            where = f"axes.{k}" if k in axes else f"model.{k}"
+            raise err(where, "needs active_params (in model or axes) to build the model from a budget")
+    if "n_experts" in axes and "top_k" in axes and generator != "zip":
+        bad = [(e, k) for e in axes["n_experts"] for k in axes["top_k"] if k > e]
+        if bad:
+            raise err("axes.top_k", f"top_k={bad[0][1]} exceeds n_experts={bad[0][0]} in the grid")
+
+
+def _parse_seeds(raw: Any, err: _Errors) -> tuple[int, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raw = [raw]
+    if not raw or not all(_is_int(s) and s >= 0 for s in raw):
+        raise err("seeds", f"must be a list of integers >= 0, got {raw!r}")
+    if len(set(raw)) != len(raw):
+        raise err("seeds", f"has repeated values {raw}")
+    return tuple(raw)
+
+
+def _parse_resources(raw: Any, err: _Errors) -> Resources:
+    if not isinstance(raw, dict):
+        raise err("resources", f"must be a mapping with {', '.join(RESOURCE_KEYS)}")
+    for k in raw:
+        if k not in RESOURCE_KEYS:
+            raise err(
+                f"resources.{k}", f"unknown key; allowed: {', '.join(RESOURCE_KEYS)} (custom: {{TPU: 4}})"
+            )
+    cpus = _number(raw.get("cpus", 1), "resources.cpus", err, positive=True)
+    gpus = _number(raw.get("gpus", 0), "resources.gpus", err)
+    if gpus < 0:
+        raise err("resources.gpus", f"must be >= 0, got {gpus}")
+    if gpus > 1 and gpus != int(gpus):
+        raise err("resources.gpus", f"must be a fraction <= 1 or a whole number, got {gpus}")
+    custom = raw.get("custom") or {}
+    if not isinstance(custom, dict):
+        raise err("resources.custom", "must be a mapping of Ray resource name -> amount, e.g. {TPU: 4}")
+    parsed = {}
+    for name, amount in custom.items():
+        if name in ("CPU", "GPU", "memory"):
+            raise err(f"resources.custom.{name}", "use resources.cpus / resources.gpus for CPUs and GPUs")
+        parsed[str(name)] = _number(amount, f"resources.custom.{name}", err, positive=True)
+    return Resources(cpus=cpus, gpus=gpus, custom=parsed)
+
+
+def _number(value: Any, key: str, err: _Errors, positive: bool = False) -> Any:
+    """A YAML number; strings like ``1e7`` (YAML 1.1 reads them as strings) are accepted too."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise err(key, f"must be a number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.replace("_", ""))
+        except ValueError:
+            raise err(key, f"must be a number, got {value!r}") from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise err(key, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise err(key, f"must be > 0, got {value!r}")
+    if (
+        isinstance(value, float)
+        and value == int(value)
+        and abs(value) >= 1
+        and key.split(".")[-1] in ("active_params", "tokens", "n_experts", "top_k")
+    ):
+        value = int(value)
+    return value
+
+
+def _key_of(message: str, point: dict[str, Any]) -> str:
+    """Which spec key a ModelConfig error is about: the first axis named in the message, else ``model``."""
+    for name in AXES:
+        if name in message and name in point:
+            return f"axes.{name}"
+    match = re.match(r"^([a-z_]+) ", message)
+    return f"model.{match.group(1)}" if match else "model"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float) and (abs(value) >= 1e4 or 0 < abs(value) < 1e-3):
+        return f"{value:.3g}"
+    if isinstance(value, int) and abs(value) >= 1e5:
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
