@@ -54,6 +54,7 @@ TOP_KEYS = (
     "train",
     "generator",
     "axes",
+    "linked",
     "seeds",
     "resources",
     "max_concurrency",
@@ -114,6 +115,7 @@ class SweepSpec:
     train: dict[str, Any]
     generator: str = "grid"
     axes: dict[str, list[Any]] = field(default_factory=dict)
+    linked: tuple[tuple[str, ...], ...] = ()
     seeds: tuple[int, ...] = ()
     resources: Resources = field(default_factory=Resources)
     max_concurrency: int | None = None
@@ -161,7 +163,8 @@ class SweepSpec:
         if generator not in GENERATORS:
             raise err("generator", f"must be one of {'|'.join(GENERATORS)}, got {generator!r}")
         axes = _parse_axes(raw.get("axes") or {}, err)
-        _check_axes(generator, axes, sections, err)
+        linked = _parse_linked(raw.get("linked"), generator, axes, err)
+        _check_axes(generator, axes, linked, sections, err)
         seeds = _parse_seeds(raw.get("seeds"), err)
         resources = _parse_resources(raw.get("resources") or {}, err)
         max_conc = raw.get("max_concurrency")
@@ -186,6 +189,7 @@ class SweepSpec:
             train=sections["train"],
             generator=generator,
             axes=axes,
+            linked=linked,
             seeds=seeds,
             resources=resources,
             max_concurrency=max_conc,
@@ -199,17 +203,21 @@ class SweepSpec:
     # ------------------------------------------------------------------ expansion
     def points(self) -> list[dict[str, Any]]:
         """The axis values of every trial, in a stable order (generator order, then seeds)."""
-        names = list(self.axes)
+        # Axes in one group vary together (zip); groups are crossed (grid). zip = one group of every axis;
+        # isoflop crosses like grid and derives tokens afterwards.
         if self.generator == "zip":
-            length = len(next(iter(self.axes.values()))) if self.axes else 1
-            combos = [tuple(self.axes[n][i] for n in names) for i in range(length)]
-        else:  # grid and isoflop both cross every axis; isoflop derives tokens afterwards
-            combos = list(itertools.product(*(self.axes[n] for n in names)))
+            groups = [tuple(self.axes)] if self.axes else []
+        else:
+            in_group = {a for g in self.linked for a in g}
+            groups = [tuple(g) for g in self.linked] + [(a,) for a in self.axes if a not in in_group]
+        values = [list(zip(*(self.axes[a] for a in g), strict=True)) for g in groups]
+        names = [a for g in groups for a in g]
+        combos = [tuple(v for part in combo for v in part) for combo in itertools.product(*values)]
         seeds = self.seeds or (None,)
         out = []
         for combo in combos:
             for seed in seeds:
-                point = dict(zip(names, combo, strict=True))
+                point = {a: dict(zip(names, combo, strict=True))[a] for a in self.axes}
                 if seed is not None:
                     point["seed"] = seed
                 out.append(point)
@@ -352,7 +360,34 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
     return axes
 
 
-def _check_axes(generator: str, axes: dict[str, list[Any]], sections: dict[str, dict], err: _Errors) -> None:
+def _parse_linked(raw: Any, generator: str, axes: dict[str, list[Any]], err: _Errors) -> tuple:
+    """``linked: [[granularity, n_experts, top_k]]``: axes of a group vary together, groups are crossed."""
+    if raw is None:
+        return ()
+    if generator == "zip":
+        raise err("linked", "zip already links every axis; use generator grid or isoflop with linked")
+    if not isinstance(raw, list) or not all(isinstance(g, list) for g in raw):
+        raise err("linked", "must be a list of lists of axis names, e.g. [[granularity, n_experts, top_k]]")
+    seen: set[str] = set()
+    for i, group in enumerate(raw):
+        if len(group) < 2:
+            raise err(f"linked[{i}]", f"a group links two or more axes, got {group}")
+        for a in group:
+            if a not in axes:
+                raise err(f"linked[{i}]", f"names {a!r}, which is not in axes ({', '.join(axes) or 'none'})")
+            if a in seen:
+                raise err(f"linked[{i}]", f"axis {a!r} is in two groups")
+            seen.add(a)
+            if len(axes[a]) != len(axes[group[0]]):
+                raise err(
+                    f"axes.{a}",
+                    f"has {len(axes[a])} values but axes.{group[0]} has "
+                    f"{len(axes[group[0]])} (linked axes need equal lengths)",
+                )
+    return tuple(tuple(g) for g in raw)
+
+
+def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, dict], err: _Errors) -> None:
     if "tokens" in axes and "flops" in axes:
         raise err(
             "axes.flops", "give either axes.tokens or axes.flops, not both (tokens are derived from flops)"
@@ -389,7 +424,8 @@ def _check_axes(generator: str, axes: dict[str, list[Any]], sections: dict[str, 
         ):
             where = f"axes.{k}" if k in axes else f"model.{k}"
             raise err(where, "needs active_params (in model or axes) to build the model from a budget")
-    if "n_experts" in axes and "top_k" in axes and generator != "zip":
+    together = any("n_experts" in g and "top_k" in g for g in linked)
+    if "n_experts" in axes and "top_k" in axes and generator != "zip" and not together:
         bad = [(e, k) for e in axes["n_experts"] for k in axes["top_k"] if k > e]
         if bad:
             raise err("axes.top_k", f"top_k={bad[0][1]} exceeds n_experts={bad[0][0]} in the grid")

@@ -1,0 +1,265 @@
+"""Sweep specs: validation (one-line errors naming the key), expansion, run ids, states and the plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from moelab.accounting import train_flops_per_token
+from moelab.errors import ConfigError
+from moelab.sweep.plan import make_plan
+from moelab.sweep.runid import run_id
+from moelab.sweep.spec import SweepSpec
+from moelab.sweep.state import decide, run_state, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "model": {"vocab_size": 256, "max_seq_len": 64},
+    "train": {"seq_len": 32, "batch_size": 4},
+    "axes": {"active_params": ["2e4", 5e4], "n_experts": [1, 4], "tokens": [1e4, 3e4]},
+    "seeds": [0],
+}
+
+
+def spec_of(**changes) -> SweepSpec:
+    raw = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return SweepSpec.from_dict(raw, source="t.yaml")
+
+
+def test_grid_expands_to_the_cross_product_with_budgets_applied():
+    trials = spec_of().trials()
+    assert len(trials) == 2 * 2 * 2
+    seen = {(t.point["active_params"], t.point["n_experts"], t.point["tokens"]) for t in trials}
+    assert seen == {(a, e, d) for a in (20000, 50000) for e in (1, 4) for d in (10000, 30000)}
+    for t in trials:
+        from moelab.accounting import param_counts
+
+        assert t.run.model.n_experts == t.point["n_experts"]
+        assert abs(param_counts(t.run.model).active / t.point["active_params"] - 1) < 0.05
+        assert t.run.train.tokens == t.point["tokens"]
+
+
+def test_zip_pairs_values_and_seeds_cross_everything():
+    spec = spec_of(
+        generator="zip",
+        axes={"active_params": [2e4, 5e4], "n_experts": [1, 4], "tokens": [1e4, 3e4]},
+        seeds=[0, 1, 2],
+    )
+    points = spec.points()
+    assert len(points) == 2 * 3
+    assert {(p["active_params"], p["n_experts"], p["tokens"]) for p in points} == {
+        (20000, 1, 10000),
+        (50000, 4, 30000),
+    }
+    assert sorted({p["seed"] for p in points}) == [0, 1, 2]
+    assert len({t.run_id for t in spec.trials()}) == 6
+
+
+def test_isoflop_tokens_spend_the_budget():
+    spec = spec_of(
+        generator="isoflop", axes={"flops": [1e11, 3e11], "active_params": [2e4, 5e4, 1e5], "n_experts": [4]}
+    )
+    trials = spec.trials()
+    assert len(trials) == 6
+    for t in trials:
+        spent = t.run.train.tokens * train_flops_per_token(t.run.model, t.run.train.seq_len)
+        assert abs(spent / t.point["flops"] - 1) < 1e-3
+    # bigger models get fewer tokens at a fixed budget
+    at = sorted((t.point["active_params"], t.run.train.tokens) for t in trials if t.point["flops"] == 1e11)
+    assert [d for _, d in at] == sorted([d for _, d in at], reverse=True)
+
+
+def test_run_id_is_the_hash_of_the_canonical_semantic_json():
+    t = spec_of().trials()[0]
+    semantic = t.run.semantic_dict()
+    reference = hashlib.sha256(
+        json.dumps(semantic, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert t.run_id == reference[:12]
+    # key order and non-semantic fields do not change it; a semantic field does
+    shuffled = {k: dict(reversed(list(v.items()))) for k, v in reversed(list(semantic.items()))}
+    assert run_id(shuffled) == t.run_id
+    quiet = t.run.replace(train=t.run.train.__class__(**{**t.run.train.to_dict(), "log_every": 99}))
+    assert run_id(quiet) == t.run_id
+    other = t.run.replace(train=t.run.train.__class__(**{**t.run.train.to_dict(), "lr": 1e-3}))
+    assert run_id(other) != t.run_id
+
+
+def test_run_ids_are_stable_across_processes():
+    code = (
+        "from moelab.sweep.spec import SweepSpec; import sys; "
+        "print(' '.join(t.run_id for t in SweepSpec.from_file(sys.argv[1]).trials()))"
+    )
+    path = REPO / "sweeps" / "demo.yaml"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},
+    )
+    assert out.stdout.split() == [t.run_id for t in SweepSpec.from_file(path).trials()]
+
+
+BAD = [
+    ({"nmae": "x"}, "nmae", "unknown key"),
+    ({"name": "a b"}, "name", "folder-safe"),
+    ({"generator": "random"}, "generator", "grid|zip|isoflop"),
+    ({"axes": {"experts": [1, 2]}}, "axes.experts", "unknown axis"),
+    ({"axes": {"n_experts": [1, "many"], "active_params": [2e4]}}, "axes.n_experts", "must be a number"),
+    ({"axes": {"n_experts": [1.5], "active_params": [2e4]}}, "axes.n_experts", "integers"),
+    ({"axes": {"active_params": [2e4], "tokens": [1e4], "flops": [1e12]}}, "axes.flops", "not both"),
+    (
+        {"axes": {"active_params": [2e4], "n_experts": [2], "top_k": [1, 4]}},
+        "axes.top_k",
+        "exceeds n_experts",
+    ),
+    (
+        {"axes": {"active_params": [2e4], "shared_ratio": [0, 1.5], "n_experts": [4]}},
+        "axes.shared_ratio",
+        "[0, 1)",
+    ),
+    ({"axes": {"active_params": [2e4, 2e4]}}, "axes.active_params", "repeated"),
+    ({"axes": {"active_params": []}}, "axes.active_params", "at least one"),
+    (
+        {"generator": "zip", "axes": {"active_params": [2e4, 5e4], "n_experts": [1, 2, 4]}},
+        "axes.n_experts",
+        "equal lengths",
+    ),
+    (
+        {"generator": "isoflop", "axes": {"active_params": [2e4], "tokens": [1e4]}},
+        "axes.tokens",
+        "derives tokens",
+    ),
+    ({"generator": "isoflop", "axes": {"active_params": [2e4]}}, "axes.flops", "compute budgets"),
+    ({"axes": {"shared_ratio": [0.5], "n_experts": [4]}}, "axes.shared_ratio", "needs active_params"),
+    (
+        {"model": {"vocab_size": 256, "n_experts": 4}, "axes": {"active_params": [2e4], "n_experts": [1, 4]}},
+        "model.n_experts",
+        "also an axis",
+    ),
+    ({"train": {"tokens": 1000}}, "train.tokens", "also set by axes.tokens"),
+    ({"train": {"seq_len": 128}}, "train.seq_len", "exceeds model.max_seq_len"),
+    ({"train": {"seq_lenn": 128}}, "train", "unknown train config field"),
+    ({"model": {"vocab_size": 1000}}, "model.vocab_size", "byte tokenizer"),
+    ({"seeds": [0, -1]}, "seeds", "integers >= 0"),
+    ({"resources": {"cpu": 1}}, "resources.cpu", "unknown key"),
+    ({"resources": {"cpus": 0}}, "resources.cpus", "> 0"),
+    ({"resources": {"custom": {"GPU": 1}}}, "resources.custom.GPU", "resources.gpus"),
+    ({"max_concurrency": 0}, "max_concurrency", ">= 1"),
+    ({"retries": -1}, "retries", ">= 0"),
+    ({"axes": {"n_experts": [4], "active_params": [2e4], "top_k": [8]}}, "axes.top_k", "exceeds"),
+]
+
+
+@pytest.mark.parametrize(("changes", "key", "words"), BAD, ids=[b[1] + ":" + b[2][:12] for b in BAD])
+def test_bad_specs_fail_with_one_line_naming_the_key(changes, key, words):
+    with pytest.raises(ConfigError) as info:
+        spec_of(**changes).trials()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"t.yaml: {key}"), message
+    assert words in message, message
+
+
+def test_cli_rejects_a_bad_file_before_anything_runs(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\naxes:\n  n_experts: [1, 4]\n  top_k: [2]\n  active_params: [2e4]\n"
+        "model: {vocab_size: 256}\n"
+    )
+    results = tmp_path / "results"
+    out = subprocess.run(
+        [sys.executable, "-m", "moelab", "sweep", "run", str(bad), "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "axes.top_k" in lines[0], out.stderr
+    assert not results.exists()
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\naxes: [1, 2\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "moelab", "sweep", "plan", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "invalid YAML" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_are_valid(path):
+    spec = SweepSpec.from_file(path)
+    trials = spec.trials()
+    assert spec.name == path.stem
+    assert len(trials) == len(spec.points()), "a shipped sweep must not repeat a configuration"
+
+
+def test_states_and_actions(tmp_path):
+    run = tmp_path / "runs" / "abcdefabcdef"
+    assert run_state(run) == "new"
+    write_json_atomic(run / "summary.json", {"status": "running"})
+    assert run_state(run) == "started"
+    (run / "checkpoints" / "20.orbax-checkpoint-tmp-3").mkdir(parents=True)
+    assert run_state(run) == "started"  # an unfinished save does not count
+    (run / "checkpoints" / "10").mkdir()
+    assert run_state(run) == "interrupted"
+    for status in ("succeeded", "failed", "diverged"):
+        write_json_atomic(run / "summary.json", {"status": status})
+        assert run_state(run) == status
+    assert [decide(s) for s in ("new", "started", "interrupted", "succeeded", "failed", "diverged")] == [
+        "run",
+        "run",
+        "resume",
+        "skip",
+        "hold",
+        "hold",
+    ]
+    assert decide("failed", rerun_failed=True) == decide("diverged", rerun_failed=True) == "rerun"
+
+
+def test_plan_reads_states_and_estimates(tmp_path):
+    spec = spec_of()
+    trials = spec.trials()
+    done, failed, paused = trials[0], trials[1], trials[2]
+    root = tmp_path / "t" / "runs"
+    write_json_atomic(root / done.run_id / "summary.json", {"status": "succeeded", "tokens_per_s": 1e4})
+    write_json_atomic(root / failed.run_id / "summary.json", {"status": "diverged"})
+    write_json_atomic(root / paused.run_id / "summary.json", {"status": "running"})
+    half = paused.run.total_steps() // 2
+    (root / paused.run_id / "checkpoints" / str(half)).mkdir(parents=True)
+    planned, rate, src = make_plan(spec, tmp_path, trials=trials)
+    by_id = {p.run_id: p for p in planned}
+    assert by_id[done.run_id].action == "skip" and by_id[done.run_id].est_s == 0
+    assert by_id[failed.run_id].action == "hold"
+    assert by_id[paused.run_id].action == "resume"
+    assert src.startswith("median of 1") and rate == pytest.approx(1e4 * done.run.flops_per_token())
+    fresh = by_id[trials[3].run_id]
+    assert fresh.action == "run"
+    assert fresh.est_s == pytest.approx(spec.overhead_s + fresh.flops / rate)
+    assert by_id[paused.run_id].est_s < spec.overhead_s + by_id[paused.run_id].flops / rate
+    planned, _, _ = make_plan(spec, tmp_path, rerun_failed=True, trials=trials)
+    assert {p.run_id: p.action for p in planned}[failed.run_id] == "rerun"
+
+
+def test_yaml_numbers_like_1e7_are_read(tmp_path):
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "name": "n"}).replace("'2e4'", "2e4"))
+    assert isinstance(yaml.safe_load(path.read_text())["axes"]["active_params"][0], str)  # YAML 1.1 quirk
+    assert {t.point["active_params"] for t in SweepSpec.from_file(path).trials()} == {20000, 50000}
