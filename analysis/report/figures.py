@@ -142,8 +142,9 @@ def loss_vs_compute(
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_y(ax)
+    _no_minor_labels(ax.xaxis)
     ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("held-out loss (nats/token)")
+    ax.set_ylabel("held-out loss (nats/token, log scale)")
     ax.set_title("Loss against compute")
     fig.colorbar(sc, ax=ax, label="activated parameters N (non-embedding)")
     if ax.get_legend_handles_labels()[0]:
@@ -152,8 +153,13 @@ def loss_vs_compute(
 
 
 def _no_minor_labels(axis) -> None:
-    from matplotlib.ticker import NullFormatter
+    """Readable log-axis labels: default decades when the range spans several, else 1-2-5 ticks as 3.0e12."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    lo, hi = axis.get_view_interval()
+    if lo > 0 and hi / lo < 30:
+        axis.set_major_locator(LogLocator(base=10, subs=[1, 2, 5], numticks=10))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: sci(v)))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -162,7 +168,8 @@ def _plain_log_y(ax) -> None:
 
     lo, hi = ax.get_ylim()
     if hi / lo < 10:  # a narrow log range: plain numbers read better than 10^x
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=np.arange(1, 10) * 1.0, numticks=12))
+        subs = [1, 1.2, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9]
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=15))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
         ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
 

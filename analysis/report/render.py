@@ -38,6 +38,7 @@ padding-bottom:.2em} .sub{color:#666;margin-top:0} .lead{color:#333;font-style:i
 .summary{background:#f5f7fa;border-left:4px solid #3b6ea8;padding:.6em 1em;margin:1em 0}
 .summary div{margin:.15em 0} nav{font-size:.9em;color:#555} nav a{margin-right:.8em}
 figure{margin:1em 0;text-align:center} figure img{max-width:100%;height:auto}
+figure img.narrow{max-width:760px}
 figcaption{font-size:.85em;color:#555}
 table{border-collapse:collapse;font-size:.82em;margin:.8em 0;width:100%}
 th,td{border-bottom:1px solid #e3e3e3;padding:.25em .5em;text-align:right;white-space:nowrap}

@@ -1,0 +1,145 @@
+"""Shared helpers of the report, notebook and demo tests: results folders (synthetic, and from a real fast
+sweep) and a headless-Chromium renderer.
+
+Folders are built once per test session (cached here, keyed by kind) so that several test modules share them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_CACHE: dict[str, Path] = {}
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+
+
+def synthetic_results(tmp_path_factory, *, small: bool = True, seed: int = 0, **law) -> Path:
+    """A synthetic results folder (analysis.report.synthetic), one per (small, seed, law) per session."""
+    from analysis.report.synthetic import TrueLaw, write_synthetic_results
+
+    key = f"synthetic-{small}-{seed}-{sorted(law.items())}"
+    if key not in _CACHE:
+        root = tmp_path_factory.mktemp("synthetic")
+        _CACHE[key] = write_synthetic_results(root / "synthetic", small=small, seed=seed, law=TrueLaw(**law))
+    return _CACHE[key]
+
+
+def copy_results(src: Path, dst: Path) -> Path:
+    """A private copy (tests that write reports must not race on the shared folder)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("report", "checkpoints"))
+    return dst
+
+
+# A fast real sweep: tiny MoE models on the default corpus, a few dozen steps each, on an embedded Ray.
+FAST_SWEEP = """\
+name: reporttest
+description: tiny sweep for the report and notebook tests
+model: {vocab_size: 256}
+data: {corpus: default, tokenizer: byte}
+train: {seq_len: 32, batch_size: 4, eval_tokens: 2048, log_every: 4, eval_every: 8, checkpoint_every: 1000}
+generator: grid
+axes:
+  active_params: [1.5e4, 4e4]
+  n_experts: [1, 4]
+  tokens: [4096, 8192]
+seeds: [0]
+"""
+
+
+def real_results(tmp_path_factory) -> Path:
+    """A results folder made by a fast real sweep (session-cached); skips when the sweep package or its
+    trainer cannot run here."""
+    if "real" in _CACHE:
+        return _CACHE["real"]
+    try:
+        from moelab.sweep.scheduler import run_sweep
+        from moelab.sweep.spec import SweepSpec
+    except ImportError as exc:
+        pytest.skip(f"the sweep package is not available: {exc}")
+    root = tmp_path_factory.mktemp("realsweep")
+    spec_path = root / "reporttest.yaml"
+    spec_path.write_text(os.environ.get("MOELAB_TEST_SWEEP_YAML", FAST_SWEEP))
+    try:
+        spec = SweepSpec.from_file(spec_path)
+    except Exception as exc:  # the spec format moved on: say so rather than fail every notebook
+        pytest.skip(
+            f"the fast test sweep no longer parses ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        )
+    outcome = run_sweep(spec, root / "results", num_cpus=2)
+    folder = Path(outcome["table"]).parent
+    assert (folder / "runs.parquet").is_file(), outcome
+    _CACHE["real"] = folder
+    return folder
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+_PROBE = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0 && i.naturalHeight > 0; });
+  var out = document.createElement('pre');
+  out.id = 'moelab-probe';
+  out.textContent = 'MOELAB_PROBE ' + JSON.stringify({images: imgs.length, loaded: ok.length,
+    sections: Array.prototype.map.call(document.querySelectorAll('section'), function (s) { return s.id; })});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def render_in_chromium(index_html: Path, screenshot: Path, width: int = 1200, height: int = 2400) -> dict:
+    """Load ``index_html`` (from disk) in headless Chromium: which images decoded, which sections exist, and a
+    screenshot of the top of the page. The probe runs on a copy placed next to the report so relative links
+    resolve the same way."""
+    exe = chromium()
+    assert exe is not None
+    probe = index_html.with_name(".probe.html")
+    probe.write_text(index_html.read_text().replace("</body>", _PROBE + "</body>"))
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+            dom = subprocess.run(
+                [exe, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120
+            )
+            shot = subprocess.run(
+                [
+                    exe,
+                    *flags,
+                    f"--window-size={width},{height}",
+                    f"--screenshot={screenshot}",
+                    index_html.as_uri(),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+    finally:
+        probe.unlink(missing_ok=True)
+    m = re.search(r"MOELAB_PROBE (\{.*?\})\s*<", dom.stdout)
+    assert m, f"no probe output from Chromium (rc {dom.returncode}): {dom.stderr[-800:]}"
+    result = json.loads(m.group(1).replace("&quot;", '"'))
+    result["screenshot_rc"] = shot.returncode
+    return result
