@@ -33,9 +33,12 @@ HOLDOUT = dict(marker="*", s=140, facecolor="none", edgecolor="crimson", linewid
 
 
 def _plt():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=True)
+    if "ipykernel" not in sys.modules:  # in Jupyter keep the inline backend so figures show
+        matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     plt.rcParams.update(STYLE)
@@ -61,34 +64,48 @@ def sci(x: float, digits: int = 2) -> str:
     return f"{x / 10**e:.{digits - 1}f}e{e}"
 
 
+def curve_column(curves: dict[str, pd.DataFrame], min_points: int = 3) -> str | None:
+    """``eval_loss`` when runs evaluated at least ``min_points`` times, else the training ``loss``."""
+
+    def count(col):
+        return max((int(c[col].notna().sum()) if col in c else 0 for c in curves.values()), default=0)
+
+    if count("eval_loss") >= min_points:
+        return "eval_loss"
+    return "loss" if count("loss") >= min_points else None
+
+
 def training_curves(runs: pd.DataFrame, curves: dict[str, pd.DataFrame]):
-    """Held-out loss against tokens seen, one line per run, coloured by n_experts."""
-    have = [r for r in runs.itertuples() if r.run_id in curves and "eval_loss" in curves[r.run_id]]
-    if not have:
+    """Held-out loss against tokens seen, one line per run, coloured by n_experts (the training loss when the
+    runs were not evaluated along the way)."""
+    col = curve_column({r: c for r, c in curves.items() if r in set(runs["run_id"])})
+    if col is None:
         return None
+    have = [r for r in runs.itertuples() if r.run_id in curves and col in curves[r.run_id]]
     plt = _plt()
     colors = _expert_colors([r.n_experts for r in have])
     fig, ax = plt.subplots(figsize=(7.0, 4.3))
     for r in have:
         c = curves[r.run_id]
-        c = c[c["eval_loss"].notna()]
-        c = c[np.isfinite(c["eval_loss"].astype(float)) & (c["tokens"] > 0)]
+        c = c[c[col].notna() & (c["tokens"] > 0)]
+        c = c[np.isfinite(c[col].astype(float))]
         if c.empty:
             continue
         style = "-" if r.status == "succeeded" else ":"
-        ax.plot(c["tokens"], c["eval_loss"], style, color=colors[int(r.n_experts)], lw=1.1, alpha=0.85)
+        ax.plot(c["tokens"], c[col], style, color=colors[int(r.n_experts)], lw=1.1, alpha=0.85)
     ax.set_xscale("log")
+    _no_minor_labels(ax.xaxis)
     ax.set_xlabel("tokens seen D (tokens)")
-    ax.set_ylabel("held-out loss (nats/token)")
-    ax.set_title("Training curves")
-    handles = [plt.Line2D([], [], color=c, lw=2) for c in colors.values()]
-    ax.legend(
-        handles, [f"{e} expert{'s' if e > 1 else ''}" for e in colors], title="n_experts", loc="upper right"
+    what = "held-out" if col == "eval_loss" else "training"
+    ax.set_ylabel(f"{what} loss (nats/token)")
+    ax.set_title(
+        "Training curves" + ("" if col == "eval_loss" else " (training loss: no intermediate evals)")
     )
+    handles = [plt.Line2D([], [], color=c, lw=2) for c in colors.values()]
+    labels = [f"{e} expert{'s' if e > 1 else ''}" for e in colors]
+    ax.legend(handles, labels, title="n_experts", loc="upper right")
     if (runs["status"] != "succeeded").any():
-        ax.text(
-            0.01, 0.02, "dotted: failed or diverged runs", transform=ax.transAxes, fontsize=8, color="0.4"
-        )
+        ax.text(0.01, 0.02, "dotted: failed or diverged", transform=ax.transAxes, fontsize=8, color="0.4")
     return fig
 
 
@@ -291,7 +308,7 @@ def moe_groups(ok: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
         return {}
     base = ["d_model", "n_layers", "tokens", "seq_len"]
     out = {
-        "n_experts": _param_groups(ok, "n_experts", base + ["top_k", "n_shared_experts", "granularity"], 3),
+        "n_experts": _param_groups(ok, "n_experts", base + ["top_k", "n_shared_experts", "granularity"], 2),
         "shared_ratio": _param_groups(ok, "shared_ratio", base + ["n_experts", "granularity", "_active"], 2),
         "granularity": _param_groups(ok, "granularity", base + ["n_shared_experts", "_active", "_total"], 2),
     }
@@ -311,11 +328,17 @@ def moe_effects(
     plt = _plt()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 0.6, 3.6), squeeze=False)
     for ax, (knob, gs) in zip(axes[0], groups.items(), strict=True):
-        for j, g in enumerate(gs[:3]):
+        for j, g in enumerate(gs[:6]):
             color = plt.get_cmap("tab10")(j)
             lab = f"N = {sci(float(g['active_params'].median()))}, D = {sci(float(g['tokens'].iloc[0]))}"
             ax.plot(
-                g[knob], g["loss"], "o-" if knob != "n_experts" else "o", color=color, ms=5, lw=1, label=lab
+                g[knob],
+                g["loss"],
+                "o" if knob == "n_experts" and clark is not None else "o-",
+                color=color,
+                ms=5,
+                lw=1,
+                label=lab,
             )
             if knob == "n_experts" and clark is not None:
                 xs = np.geomspace(g[knob].min(), g[knob].max(), 60)

@@ -1,0 +1,72 @@
+"""Every notebook executes, cell by cell, on a real ipykernel against a small results folder.
+
+The folder is a real fast sweep when the sweep package and trainer can run here (tests/_report_helpers.py),
+else the synthetic one; MOELAB_RESULTS points the notebooks at it. Notebooks are committed without outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from _report_helpers import REPO, synthetic_results
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+EXPECTED = ["01_sweep_overview.ipynb", "02_fit_scaling_laws.ipynb", "03_extrapolate_to_389B.ipynb"]
+
+
+def _kernel_name() -> str:
+    """python3 when its kernelspec runs this interpreter (the .venv's); else the name of one that does."""
+    jupyter_client = pytest.importorskip("jupyter_client")
+    specs = jupyter_client.kernelspec.KernelSpecManager().get_all_specs()
+    for name, spec in specs.items():
+        argv = spec["spec"]["argv"]
+        if Path(argv[0]).resolve() == Path(sys.executable).resolve() or (
+            argv[0] == "python" and name == "python3"
+        ):
+            return name
+    if "python3" in specs:
+        return "python3"
+    pytest.skip(f"no Jupyter kernelspec for {sys.executable} (found: {sorted(specs)})")
+
+
+def test_the_three_notebooks_exist_without_outputs():
+    import nbformat
+
+    assert [p.name for p in NOTEBOOKS] == EXPECTED
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert code and all(not c.outputs and c.execution_count is None for c in code), path.name
+        assert any("MOELAB_RESULTS" in c.source for c in code[:2]), path.name
+        assert any(c.cell_type == "markdown" for c in nb.cells)
+        assert any("analysis" in c.source for c in code), path.name
+
+
+@pytest.fixture(scope="module")
+def results_for_notebooks(tmp_path_factory):
+    return synthetic_results(tmp_path_factory)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_executes(path, results_for_notebooks, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MOELAB_RESULTS", str(results_for_notebooks))
+    monkeypatch.setenv("MOELAB_NOTEBOOK_FAST", "1")  # fewer bootstrap resamples
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, kernel_name=_kernel_name(), timeout=240, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError naming the cell on any failure
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
+    assert images, "the notebook drew no figure"
