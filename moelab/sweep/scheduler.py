@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -95,7 +96,7 @@ def run_sweep(
     """Plan, then train every run that is not finished; returns counts and the runs.parquet path."""
     from rich.console import Console
 
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     trials = spec.trials()  # validates every config before anything starts
     root = sweep_dir(spec, results)
     t0 = time.perf_counter()
@@ -202,7 +203,8 @@ def _schedule(
     if trainer:
         env[TRAINER_ENV] = trainer
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
-    remote = ray.remote(execute_trial).options(
+    remote = ray.remote(execute_trial)
+    options = dict(
         **spec.resources.ray_options(),
         max_retries=spec.retries,
         retry_exceptions=False,
@@ -217,7 +219,7 @@ def _schedule(
             while pending or inflight:
                 while pending and len(inflight) < conc:
                     p = pending.popleft()
-                    ref = remote.options(name=f"trial-{p.run_id}").remote(
+                    ref = remote.options(**options, name=f"trial-{p.run_id}").remote(
                         p.trial.run.to_dict(), str(p.run_dir), trainer
                     )
                     inflight[ref] = p
