@@ -200,10 +200,14 @@ def write_table(sweep_dir: Path) -> Path:
     path = sweep_dir / PARQUET
     sweep_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{PARQUET}.{os.getpid()}.tmp")
-    frame.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        frame.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
