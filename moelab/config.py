@@ -1,0 +1,345 @@
+"""Model configuration: one frozen dataclass spans dense, top-k, fine-grained MoE and Hunyuan-Large.
+
+``ModelConfig`` names every architectural number of the decoder-only transformer in ``moelab.model``. It is
+a frozen dataclass; ``to_dict()`` / ``from_dict()`` round-trip it through JSON, and every invalid value
+raises ``moelab.errors.ConfigError`` (also a ``ValueError``) naming the field and the allowed range.
+
+Vocabulary (../shared/DESIGN.md): ``n_experts`` routed experts per layer (1 = dense feed-forward layer),
+``top_k`` routed experts per token, ``n_shared_experts`` experts every token passes through, ``d_expert``
+the width of one routed expert (of the dense FFN when ``n_experts == 1``), ``d_shared`` the width of one
+shared expert, ``shared_ratio`` = shared / (shared + top_k routed) activated FFN width, ``granularity`` =
+dense-equivalent FFN width (``FFN_MULT * d_model``) over ``d_expert`` (Krajewski et al. 2024).
+
+``ModelConfig.from_budget`` is the model family: from an activated non-embedding parameter budget, expert
+count, shared ratio, top-k and granularity it derives width, depth and expert widths (rule in its docstring).
+
+Only ``ModelConfig`` lives here; the data and training configurations belong to ``moelab.train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from moelab.errors import ConfigError, check
+
+#: Dense-equivalent feed-forward width per unit of d_model (the classic 4·d_model of GPT-2 / Vaswani et al.).
+#: It defines ``granularity = FFN_MULT * d_model / d_expert`` and the width of from_budget's dense FFN.
+FFN_MULT = 4
+
+#: d_model / n_layers aspect ratio used by from_budget's depth rule (Kaplan et al. 2020 find loss flat over
+#: aspect ratios 20..200 at fixed parameters; 64 is close to GPT-2 small (768/12)).
+ASPECT_RATIO = 64
+
+DISPATCH = ("capacity", "dropless")
+OVERFLOW = ("drop", "recycle")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one decoder-only transformer of the family (all sizes are element counts).
+
+    Attention is grouped-query (``n_kv_heads`` K/V heads shared by ``n_heads // n_kv_heads`` query heads each)
+    with cross-layer K/V sharing: with ``cla_share = c`` only the first layer of every group of ``c``
+    consecutive
+    layers projects K and V; the other ``c - 1`` reuse them (Brandon et al. 2024; Hunyuan-Large uses c = 2).
+    ``qk_norm`` applies a per-head RMSNorm (scale of size head_dim) to queries and keys after RoPE, as
+    Hunyuan-Large.
+
+    Routing: fp32 softmax over ``n_experts`` logits, top-``top_k``; weights renormalised to sum to one when
+    ``renormalize`` (Mixtral) or kept as the raw softmax probabilities (Switch / GShard / Hunyuan-Large).
+    ``dispatch``: ``capacity`` (per-expert buffers of ``capacity_factor * tokens * top_k / n_experts`` slots;
+    overflow ``drop`` or ``recycle``, Hunyuan-Large's random re-assignment to experts with room) or
+    ``dropless``
+    (grouped matmul through ``jax.lax.ragged_dot``; ``overflow`` and ``capacity_factor`` are then unused).
+    The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss``.
+    """
+
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    cla_share: int = 1
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    max_seq_len: int = 256
+    n_experts: int = 1
+    top_k: int = 1
+    n_shared_experts: int = 0
+    d_expert: int = 256
+    d_shared: int = 0
+    capacity_factor: float = 1.25
+    dispatch: str = "capacity"
+    overflow: str = "drop"
+    renormalize: bool = False
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.001
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "cla_share",
+            "max_seq_len",
+            "n_experts",
+            "top_k",
+            "d_expert",
+        ):
+            value = getattr(self, name)
+            check(_is_int(value) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("n_shared_experts", "d_shared"):
+            value = getattr(self, name)
+            check(_is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("qk_norm", "renormalize", "tie_embeddings"):
+            check(
+                isinstance(getattr(self, name), bool),
+                f"{name} must be true or false, got {getattr(self, name)!r}",
+            )
+        for name in ("rope_theta", "capacity_factor", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            check(
+                _is_num(value) and value > 0 and math.isfinite(value),
+                f"{name} must be a number > 0, got {value!r}",
+            )
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            value = getattr(self, name)
+            check(_is_num(value) and 0 <= value < math.inf, f"{name} must be a number >= 0, got {value!r}")
+        check(
+            self.n_heads % self.n_kv_heads == 0,
+            f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads}); "
+            f"allowed n_kv_heads: divisors of {self.n_heads}",
+        )
+        check(
+            self.n_layers % self.cla_share == 0,
+            f"n_layers ({self.n_layers}) must be a multiple of cla_share ({self.cla_share})",
+        )
+        check(
+            self.top_k <= self.n_experts,
+            f"top_k must be in [1, n_experts={self.n_experts}], got {self.top_k}",
+        )
+        if self.n_experts == 1:
+            check(
+                self.n_shared_experts == 0,
+                f"n_shared_experts must be 0 for a dense model (n_experts=1), got {self.n_shared_experts}",
+            )
+        check(
+            (self.n_shared_experts == 0) == (self.d_shared == 0),
+            f"d_shared must be >= 1 when n_shared_experts >= 1 and 0 otherwise, got d_shared={self.d_shared} "
+            f"with n_shared_experts={self.n_shared_experts}",
+        )
+        check(
+            self.dispatch in DISPATCH, f"dispatch must be one of {'|'.join(DISPATCH)}, got {self.dispatch!r}"
+        )
+        check(
+            self.overflow in OVERFLOW, f"overflow must be one of {'|'.join(OVERFLOW)}, got {self.overflow!r}"
+        )
+        for name in ("dtype", "param_dtype"):
+            check(
+                getattr(self, name) in DTYPES,
+                f"{name} must be one of {'|'.join(DTYPES)}, got {getattr(self, name)!r}",
+            )
+
+    # ------------------------------------------------------------------ derived quantities
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 1
+
+    @property
+    def shared_ratio(self) -> float:
+        """Shared share of the activated FFN width: n_shared·d_shared / (n_shared·d_shared +
+        top_k·d_expert)."""
+        shared = self.n_shared_experts * self.d_shared
+        return shared / (shared + self.top_k * self.d_expert)
+
+    @property
+    def granularity(self) -> float:
+        """Dense-equivalent FFN width (FFN_MULT·d_model) over one routed expert's width (Krajewski et
+        al. 2024)."""
+        return FFN_MULT * self.d_model / self.d_expert
+
+    @property
+    def n_kv_layers(self) -> int:
+        """Layers that project their own K/V (the others reuse them, cross-layer sharing)."""
+        return self.n_layers // self.cla_share
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        check(
+            not unknown,
+            f"unknown model config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",
+        )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ the family
+    @classmethod
+    def from_budget(
+        cls,
+        active_params: float,
+        n_experts: int = 1,
+        shared_ratio: float = 0.0,
+        top_k: int = 1,
+        granularity: float = 1.0,
+        *,
+        n_shared_experts: int | None = None,
+        kv_group: int = 1,
+        cla_share: int = 1,
+        **overrides: Any,
+    ) -> ModelConfig:
+        """The member of the family with ``active_params`` activated non-embedding parameters (within 2%).
+
+        Rule (documented in docs/model.md):
+
+        1. Shape: the routed expert width targets ``d_expert = FFN_MULT·d_model / granularity``; each
+        token uses
+           ``top_k`` of them plus shared experts of total width
+           ``top_k·d_expert·shared_ratio/(1-shared_ratio)``.
+           Heads: ``head_dim`` 32 below d_model 256, 64 below 2048, else 128; ``n_heads = max(1, d_model //
+           head_dim)``; ``n_kv_heads = n_heads / kv_group`` (the largest divisor of n_heads not above
+           kv_group).
+        2. Depth and width: for each depth (a multiple of ``cla_share``) take the smallest d_model (a multiple
+           of 2, of 4 from 64, of 8 from 128) whose target shape is nearest the budget; keep the depth
+           whose d_model / n_layers
+           is closest (in log) to ``ASPECT_RATIO`` = 64.
+        3. Exact fit: with d_model and depth fixed, solve the routed width (then the shared width) so that the
+           activated count (``moelab.accounting.param_counts(cfg).active``) lands on the budget; the realised
+           granularity and shared_ratio are then within rounding of the requested ones.
+
+        Dense (``n_experts=1``) at the same budget, top_k 1 and granularity 1 has the same d_model and
+        depth as
+        an MoE with top_k 1, granularity 1 and no shared expert: the baseline of every comparison.
+        Any other ModelConfig field (vocab_size, capacity_factor, dispatch, qk_norm, ...) goes in
+        ``overrides``.
+        """
+        from moelab.accounting import param_counts
+
+        check(
+            _is_num(active_params) and active_params >= 1e3,
+            f"active_params must be a number >= 1e3, got {active_params!r}",
+        )
+        check(_is_int(n_experts) and n_experts >= 1, f"n_experts must be an integer >= 1, got {n_experts!r}")
+        check(
+            _is_int(top_k) and 1 <= top_k <= n_experts,
+            f"top_k must be in [1, n_experts={n_experts}], got {top_k!r}",
+        )
+        check(
+            _is_num(shared_ratio) and 0 <= shared_ratio < 1,
+            f"shared_ratio must be in [0, 1), got {shared_ratio!r}",
+        )
+        check(
+            _is_num(granularity) and granularity > 0, f"granularity must be a number > 0, got {granularity!r}"
+        )
+        check(
+            n_experts > 1 or shared_ratio == 0,
+            f"shared_ratio must be 0 for a dense model (n_experts=1), got {shared_ratio}",
+        )
+        if n_shared_experts is None:
+            n_shared_experts = 1 if shared_ratio > 0 else 0
+        check(
+            _is_int(n_shared_experts) and n_shared_experts >= (1 if shared_ratio > 0 else 0),
+            f"n_shared_experts must be an integer >= 1 when shared_ratio > 0, got {n_shared_experts!r}",
+        )
+        if shared_ratio == 0:
+            n_shared_experts = 0
+        check(_is_int(kv_group) and kv_group >= 1, f"kv_group must be an integer >= 1, got {kv_group!r}")
+        check(_is_int(cla_share) and cla_share >= 1, f"cla_share must be an integer >= 1, got {cla_share!r}")
+        budget = float(active_params)
+        shared_mult = shared_ratio / (1.0 - shared_ratio)
+
+        def shape(d_model: int, n_layers: int, d_expert: int, d_shared_total: float) -> ModelConfig:
+            head_dim = 32 if d_model < 256 else 64 if d_model < 2048 else 128
+            n_heads = max(1, d_model // head_dim)
+            group = max(g for g in range(1, min(kv_group, n_heads) + 1) if n_heads % g == 0)
+            d_shared = max(1, round(d_shared_total / n_shared_experts)) if n_shared_experts else 0
+            fields = dict(
+                d_model=d_model,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                n_kv_heads=n_heads // group,
+                head_dim=head_dim,
+                cla_share=cla_share,
+                n_experts=n_experts,
+                top_k=top_k,
+                n_shared_experts=n_shared_experts,
+                d_expert=max(1, d_expert),
+                d_shared=d_shared,
+            )
+            fields.update(overrides)
+            return cls(**fields)
+
+        def target(d_model: int, n_layers: int) -> ModelConfig:
+            d_expert = max(1, round(FFN_MULT * d_model / granularity))
+            return shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
+
+        def width_for(n_layers: int) -> int:
+            """The d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target shape is nearest
+            the budget."""
+            lo, hi = 1, 16384  # in units of 2: smallest width reaching the budget
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if param_counts(target(2 * mid, n_layers)).active >= budget:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            d = 2 * lo
+            step = 2 if d < 64 else 4 if d < 128 else 8
+            below, above = max(step, d // step * step), -(-d // step) * step
+            return min(
+                (below, above), key=lambda w: abs(math.log(param_counts(target(w, n_layers)).active / budget))
+            )
+
+        # Depth: the multiple of cla_share whose width puts d_model / n_layers closest to ASPECT_RATIO
+        # (d_model / n_layers falls as depth grows, so stop once it is below the ratio).
+        best_shape: tuple[int, int] | None = None
+        for n_layers in range(cla_share, 1024 + 1, cla_share):
+            d = width_for(n_layers)
+            miss = abs(math.log(d / n_layers / ASPECT_RATIO))
+            if best_shape is None or miss < best_shape[2]:
+                best_shape = (d, n_layers, miss)
+            if d / n_layers < ASPECT_RATIO:
+                break
+        d_model, n_layers, _ = best_shape
+        # Exact fit: the activated count is affine in the routed width (and in the shared width).
+        w = max(8, round(FFN_MULT * d_model / granularity))
+        base = param_counts(shape(d_model, n_layers, w, shared_mult * top_k * w)).active
+        slope = (param_counts(shape(d_model, n_layers, 2 * w, shared_mult * top_k * 2 * w)).active - base) / w
+        d_expert = max(1, round(w + (budget - base) / slope))
+        cfg = shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
+        if n_shared_experts:  # absorb the rounding of d_expert in the shared width
+            s0 = cfg.replace(d_shared=1)
+            per_unit = param_counts(cfg.replace(d_shared=2)).active - param_counts(s0).active
+            d_shared = max(1, round(1 + (budget - param_counts(s0).active) / per_unit))
+            cfg = cfg.replace(d_shared=d_shared)
+        return cfg
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
