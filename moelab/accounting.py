@@ -1,22 +1,18 @@
 """Parameter, FLOP and KV-cache accounting of a ``ModelConfig`` (pure arithmetic, no JAX).
 
 Parameter counts equal the size of ``moelab.model.Transformer``'s parameter tree exactly (tested). The
-tree, per
-layer ``l`` of ``n_layers`` (no biases anywhere):
+tree, per layer ``l`` of ``n_layers`` (no biases anywhere):
 
 - attention: ``attn_norm`` [d]; ``q`` [d, n_heads, head_dim]; ``o`` [n_heads, head_dim, d]; in the first
-layer of
-  each cross-layer group only (``n_layers / cla_share`` layers) ``k`` and ``v`` [d, n_kv_heads, head_dim];
-  with ``qk_norm`` a ``q_norm`` [head_dim] in every layer and a ``k_norm`` [head_dim] in the K/V layers;
+  layer of each cross-layer group only (``n_layers / cla_share`` layers) ``k`` and ``v`` [d, n_kv_heads,
+  head_dim]; with ``qk_norm`` a ``q_norm`` [head_dim] in every layer and a ``k_norm`` [head_dim] in the K/V layers;
 - feed-forward: ``mlp_norm`` [d]; dense (``n_experts == 1``): SwiGLU ``gate``, ``up`` [d, d_expert] and
   ``down`` [d_expert, d]; MoE: ``router`` [d, n_experts], routed SwiGLU experts [n_experts, d, d_expert]
-  x2 and
-  [n_experts, d_expert, d], shared experts as one SwiGLU of width ``n_shared_experts * d_shared``;
+  x2 and [n_experts, d_expert, d], shared experts as one SwiGLU of width ``n_shared_experts * d_shared``;
 - once: ``final_norm`` [d]; the embedding [vocab, d]; an output head [d, vocab] unless ``tie_embeddings``.
 
 Activated parameters are those one token passes through: everything but the ``n_experts - top_k`` routed
-experts
-it is not sent to. The router and the norms are counted (every token uses them).
+experts it is not sent to. The router and the norms are counted (every token uses them).
 """
 
 from __future__ import annotations
@@ -86,8 +82,7 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
       2020, sec. 2.1; Hoffmann et al. 2022, app. F). N is the activated non-embedding count plus the output
       projection to the vocabulary (the embedding lookup itself costs no FLOPs).
     - attention scores and values: forward ``2 * 2 * seq_len * n_heads * head_dim`` per layer (QK^T and
-    AV over
-      the full, unmasked T x T product, which is what the model computes), times 3 for training: the
+      AV over the full, unmasked T x T product, which is what the model computes), times 3 for training: the
       ``12 * n_layer * d * l_seq`` term of DeepSeek LLM (2024, eq. 2) and Chinchilla's appendix F.
     - the router (``d_model * n_experts`` weights) is part of N_active; dispatch gathers/scatters, softmax and
       norms are not counted (well under 1%).

@@ -44,8 +44,8 @@ class ModelConfig:
 
     Attention is grouped-query (``n_kv_heads`` K/V heads shared by ``n_heads // n_kv_heads`` query heads each)
     with cross-layer K/V sharing: with ``cla_share = c`` only the first layer of every group of ``c``
-    consecutive
-    layers projects K and V; the other ``c - 1`` reuse them (Brandon et al. 2024; Hunyuan-Large uses c = 2).
+    consecutive layers projects K and V; the other ``c - 1`` reuse them (Brandon et al. 2024; Hunyuan-Large
+    uses c = 2).
     ``qk_norm`` applies a per-head RMSNorm (scale of size head_dim) to queries and keys after RoPE, as
     Hunyuan-Large.
 
@@ -53,8 +53,8 @@ class ModelConfig:
     ``renormalize`` (Mixtral) or kept as the raw softmax probabilities (Switch / GShard / Hunyuan-Large).
     ``dispatch``: ``capacity`` (per-expert buffers of ``capacity_factor * tokens * top_k / n_experts`` slots;
     overflow ``drop`` or ``recycle``, Hunyuan-Large's random re-assignment to experts with room) or
-    ``dropless``
-    (grouped matmul through ``jax.lax.ragged_dot``; ``overflow`` and ``capacity_factor`` are then unused).
+    ``dropless`` (grouped matmul through ``jax.lax.ragged_dot``; ``overflow`` and ``capacity_factor`` are
+    then unused).
     The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss``.
     """
 
@@ -167,8 +167,7 @@ class ModelConfig:
 
     @property
     def granularity(self) -> float:
-        """Dense-equivalent FFN width (FFN_MULT·d_model) over one routed expert's width (Krajewski et
-        al. 2024)."""
+        """Dense-equivalent FFN width (FFN_MULT·d_model) over one routed expert's width (Krajewski 2024)."""
         return FFN_MULT * self.d_model / self.d_expert
 
     @property
@@ -215,23 +214,20 @@ class ModelConfig:
         Rule (documented in docs/model.md):
 
         1. Shape: the routed expert width targets ``d_expert = FFN_MULT·d_model / granularity``; each
-        token uses
-           ``top_k`` of them plus shared experts of total width
+           token uses ``top_k`` of them plus shared experts of total width
            ``top_k·d_expert·shared_ratio/(1-shared_ratio)``.
            Heads: ``head_dim`` 32 below d_model 256, 64 below 2048, else 128; ``n_heads = max(1, d_model //
            head_dim)``; ``n_kv_heads = n_heads / kv_group`` (the largest divisor of n_heads not above
            kv_group).
-        2. Depth and width: for each depth (a multiple of ``cla_share``) take the smallest d_model (a multiple
-           of 2, of 4 from 64, of 8 from 128) whose target shape is nearest the budget; keep the depth
-           whose d_model / n_layers
-           is closest (in log) to ``ASPECT_RATIO`` = 64.
+        2. Depth and width: for each depth (a multiple of ``cla_share``) take the d_model (a multiple of 2,
+           of 4 from 64, of 8 from 128) whose target shape is nearest the budget; keep the depth whose
+           d_model / n_layers is closest (in log) to ``ASPECT_RATIO`` = 64.
         3. Exact fit: with d_model and depth fixed, solve the routed width (then the shared width) so that the
            activated count (``moelab.accounting.param_counts(cfg).active``) lands on the budget; the realised
            granularity and shared_ratio are then within rounding of the requested ones.
 
         Dense (``n_experts=1``) at the same budget, top_k 1 and granularity 1 has the same d_model and
-        depth as
-        an MoE with top_k 1, granularity 1 and no shared expert: the baseline of every comparison.
+        depth as an MoE with top_k 1, granularity 1 and no shared expert: the baseline of every comparison.
         Any other ModelConfig field (vocab_size, capacity_factor, dispatch, qk_norm, ...) goes in
         ``overrides``.
         """
@@ -296,8 +292,7 @@ class ModelConfig:
             return shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
 
         def width_for(n_layers: int) -> int:
-            """The d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target shape is nearest
-            the budget."""
+            """The d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target is nearest the budget."""
             lo, hi = 1, 16384  # in units of 2: smallest width reaching the budget
             while lo < hi:
                 mid = (lo + hi) // 2

@@ -2,13 +2,13 @@
 ``hunyuan-large`` (Tencent 2024, arXiv 2411.02265, tab. 1).
 
 ``get_preset(name)`` returns a ``ModelConfig``; ``PRESETS`` maps every name to its config. The ladder is the
-family rule ``ModelConfig.from_budget`` evaluated at fixed points, so its members are the same models a sweep
-over the same budgets trains:
+family rule ``ModelConfig.from_budget`` evaluated at fixed points, so its members are the same models a
+sweep over the same budgets trains:
 
 - ``dense-<size>``: n_experts 1 (the baseline);
 - ``moe8-<size>``: 8 experts, top-1, granularity 1, no shared expert (classic Switch-style);
 - ``hy8-<size>``: 8 routed experts, top-1, one shared expert, shared_ratio 0.5 (Hunyuan-Large's recipe),
-recycle.
+  recycle routing.
 """
 
 from __future__ import annotations
