@@ -5,7 +5,8 @@ tree, per layer ``l`` of ``n_layers`` (no biases anywhere):
 
 - attention: ``attn_norm`` [d]; ``q`` [d, n_heads, head_dim]; ``o`` [n_heads, head_dim, d]; in the first
   layer of each cross-layer group only (``n_layers / cla_share`` layers) ``k`` and ``v`` [d, n_kv_heads,
-  head_dim]; with ``qk_norm`` a ``q_norm`` [head_dim] in every layer and a ``k_norm`` [head_dim] in the K/V layers;
+  head_dim]; with ``qk_norm`` a ``q_norm`` [head_dim] in every layer and a ``k_norm`` [head_dim] in
+  the K/V layers;
 - feed-forward: ``mlp_norm`` [d]; dense (``n_experts == 1``): SwiGLU ``gate``, ``up`` [d, d_expert] and
   ``down`` [d_expert, d]; MoE: ``router`` [d, n_experts], routed SwiGLU experts [n_experts, d, d_expert]
   x2 and [n_experts, d_expert, d], shared experts as one SwiGLU of width ``n_shared_experts * d_shared``;

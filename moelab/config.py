@@ -292,7 +292,7 @@ class ModelConfig:
             return shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
 
         def width_for(n_layers: int) -> int:
-            """The d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target is nearest the budget."""
+            """d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target is nearest the budget."""
             lo, hi = 1, 16384  # in units of 2: smallest width reaching the budget
             while lo < hi:
                 mid = (lo + hi) // 2
