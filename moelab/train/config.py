@@ -1,0 +1,272 @@
+"""Run configuration: ``DataConfig``, ``TrainConfig`` and ``RunConfig`` (model + data + train).
+
+All three are frozen dataclasses with ``to_dict()`` / ``from_dict()`` (JSON round-trip; unknown fields are a
+``ConfigError`` naming the allowed ones). ``RunConfig.semantic_dict()`` holds the fields that change a run's
+result; the sweep hashes it into run ids, and a run folder refuses to resume under a config whose semantic
+dict differs. Not semantic: how often to log, evaluate and checkpoint, and how many checkpoints to keep.
+
+Budget: ``TrainConfig.tokens`` or ``TrainConfig.flops`` (at most one; neither means ``DEFAULT_TOKENS``).
+A FLOP budget becomes tokens through ``moelab.accounting.train_flops_per_token(model, seq_len)``; steps are
+``tokens // (batch_size * seq_len)`` (at least one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moelab.config import ModelConfig
+from moelab.errors import ConfigError, check
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DEFAULT_TOKENS = 1 << 20
+#: TrainConfig fields that do not change the result (excluded from RunConfig.semantic_dict()).
+NON_SEMANTIC_TRAIN = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _from_dict(cls, data: Any, what: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    check(
+        not unknown,
+        f"unknown {what} config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",
+    )
+    return cls(**data)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it becomes tokens (see docs/training.md).
+
+    ``corpus``: ``default`` (the Python standard library sources), a text file or folder, a ``.jsonl`` or
+    ``.parquet`` file, or ``hf:NAME``. ``field``: the JSONL field / Parquet or HF column holding the text.
+    ``tokenizer``: ``byte`` (model.vocab_size must be 256) or ``bpe`` (trained at model.vocab_size).
+    """
+
+    corpus: str = "default"
+    format: str = "auto"
+    field: str = "text"
+    tokenizer: str = "byte"
+    val_fraction: float = 0.05
+    hf_split: str = "train"
+    hf_config: str | None = None
+
+    def __post_init__(self) -> None:
+        from moelab.data.corpus import FORMATS
+        from moelab.data.tokenizer import TOKENIZERS
+
+        check(isinstance(self.corpus, str) and self.corpus != "", "data.corpus must be a non-empty string")
+        check(self.format in FORMATS, f"data.format must be one of {'|'.join(FORMATS)}, got {self.format!r}")
+        check(
+            self.tokenizer in TOKENIZERS,
+            f"data.tokenizer must be one of {'|'.join(TOKENIZERS)}, got {self.tokenizer!r}",
+        )
+        check(
+            _is_num(self.val_fraction) and 0 < self.val_fraction < 1,
+            f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataConfig:
+        return _from_dict(cls, data, "data")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and budget. Learning-rate schedule (``moelab.train.optim.lr_schedule``):
+
+    - ``cosine``: linear warmup over ``warmup_frac`` of the steps, cosine decay to ``min_lr_ratio * lr``;
+    - ``wsd``: warmup, constant, then Hunyuan-Large's final anneal: linear decay to ``min_lr_ratio * lr`` over
+      the last ``anneal_frac`` of the steps (tokens) (arXiv 2411.02265 sec. 3.3: last 5% to 1/10 of peak);
+    - ``constant``: warmup then constant.
+
+    ``expert_lr_scale`` multiplies the learning rate of routed experts only (Hunyuan-Large sec. 2.2.4; see
+    ``moelab.train.optim.eps_opt``). Weight decay skips norms and any 1-D parameter (biases).
+    """
+
+    tokens: int | None = None
+    flops: float | None = None
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 3e-3
+    schedule: str = "wsd"
+    warmup_frac: float = 0.05
+    anneal_frac: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    expert_lr_scale: float = 1.0
+    seed: int = 0
+    eval_tokens: int = 32768
+    log_every: int = 10
+    eval_every: int = 200
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        check(
+            self.tokens is None or self.flops is None, "train.tokens and train.flops: give at most one budget"
+        )
+        check(
+            self.tokens is None or (_is_int(self.tokens) and self.tokens >= 1),
+            f"train.tokens must be an integer >= 1, got {self.tokens!r}",
+        )
+        check(
+            self.flops is None or (_is_num(self.flops) and self.flops > 0),
+            f"train.flops must be a number > 0, got {self.flops!r}",
+        )
+        for name in (
+            "seq_len",
+            "batch_size",
+            "eval_tokens",
+            "log_every",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            v = getattr(self, name)
+            check(_is_int(v) and v >= 1, f"train.{name} must be an integer >= 1, got {v!r}")
+        check(_is_int(self.seed) and self.seed >= 0, f"train.seed must be an integer >= 0, got {self.seed!r}")
+        check(
+            self.schedule in SCHEDULES,
+            f"train.schedule must be one of {'|'.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        for name in ("lr", "eps", "grad_clip", "expert_lr_scale"):
+            v = getattr(self, name)
+            check(_is_num(v) and v > 0, f"train.{name} must be a number > 0, got {v!r}")
+        for name in ("warmup_frac", "anneal_frac", "min_lr_ratio", "beta1", "beta2"):
+            v = getattr(self, name)
+            check(_is_num(v) and 0 <= v <= 1, f"train.{name} must be in [0, 1], got {v!r}")
+        check(
+            _is_num(self.weight_decay) and self.weight_decay >= 0,
+            f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}",
+        )
+        check(
+            self.warmup_frac + (self.anneal_frac if self.schedule == "wsd" else 0) <= 1,
+            "train.warmup_frac + train.anneal_frac must be <= 1",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data, "train")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: ``RunConfig(model, data, train)``."""
+
+    model: ModelConfig
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.model, ModelConfig), "run.model must be a ModelConfig")
+        check(
+            self.train.seq_len <= self.model.max_seq_len,
+            f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
+        if self.data.tokenizer == "byte":
+            check(
+                self.model.vocab_size == 256,
+                f"model.vocab_size={self.model.vocab_size} does not match the byte tokenizer's 256 ids; "
+                "set model.vocab_size=256 or data.tokenizer=bpe",
+            )
+        else:
+            check(
+                self.model.vocab_size > 257,
+                f"model.vocab_size={self.model.vocab_size} is too small for data.tokenizer=bpe (needs > 257)",
+            )
+
+    # ----------------------------------------------------------------- budget
+    def flops_per_token(self) -> float:
+        from moelab.accounting import train_flops_per_token
+
+        return train_flops_per_token(self.model, self.train.seq_len)
+
+    def budget_tokens(self) -> int:
+        if self.train.flops is not None:
+            return int(self.train.flops / self.flops_per_token())
+        return int(self.train.tokens if self.train.tokens is not None else DEFAULT_TOKENS)
+
+    def total_steps(self) -> int:
+        return max(1, self.budget_tokens() // self.train.tokens_per_step)
+
+    # ----------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.to_dict(), "data": self.data.to_dict(), "train": self.train.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"run config must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"model", "data", "train"})
+        check(not unknown, f"unknown run config section(s) {', '.join(unknown)}; allowed: model, data, train")
+        check("model" in data, "run config needs a 'model' section (a mapping or a preset name)")
+        model = data["model"]
+        if isinstance(model, str):
+            from moelab.presets import get_preset
+
+            model = get_preset(model)
+        elif not isinstance(model, ModelConfig):
+            model = ModelConfig.from_dict(model)
+        return cls(
+            model=model,
+            data=DataConfig.from_dict(data.get("data") or {}),
+            train=TrainConfig.from_dict(data.get("train") or {}),
+        )
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The fields that change the result (hashed into run ids; compared on resume)."""
+        d = self.to_dict()
+        for name in NON_SEMANTIC_TRAIN:
+            d["train"].pop(name)
+        return d
+
+    def replace(self, **sections: Any) -> RunConfig:
+        return dataclasses.replace(self, **sections)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """A RunConfig from a JSON or YAML file ({model: {...} | "preset", data: {...}, train: {...}})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--config: {path} is not valid {path.suffix[1:] or 'JSON'} ({first})") from None
+    return RunConfig.from_dict(data)
