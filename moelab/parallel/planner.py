@@ -198,21 +198,33 @@ class Plan:
         return out
 
 
-def memory_for(cfg: ModelConfig, mesh: MeshShape, seq: int, micro: int, remat: str) -> dict[str, float]:
-    """Per-chip memory (bytes) for ``micro`` sequences of ``seq`` tokens per forward/backward pass."""
+def state_memory(cfg: ModelConfig, mesh: MeshShape) -> dict[str, float]:
+    """Per-chip bytes that do not depend on the batch: training state and gathered weight buffers."""
     p = local_params(cfg, mesh)
     mem = {k: float(v * p) for k, v in BYTES_PER_PARAM.items()}
     mem["gathered weights (2 layers, bf16)"] = 2.0 * 2 * gathered_layer_params(cfg, mesh)
+    return mem
+
+
+def activation_memory(
+    cfg: ModelConfig, mesh: MeshShape, seq: int, micro: int, remat: str
+) -> dict[str, float]:
+    """Per-chip activation bytes for ``micro`` sequences of ``seq`` tokens per forward/backward pass."""
     tokens = micro * seq
-    per_layer = activation_bytes_per_token_layer(cfg, mesh.tensor, remat)
-    act = tokens * per_layer * cfg.n_layers
+    act = tokens * activation_bytes_per_token_layer(cfg, mesh.tensor, remat) * cfg.n_layers
     if remat == "full":
         act += tokens * activation_bytes_per_token_layer(cfg, mesh.tensor, "none")
     act += tokens * 2 * cfg.d_model  # embedding output
     v_t = mesh.tensor if cfg.vocab_size % mesh.tensor == 0 else 1
-    mem[f"activations (remat={remat})"] = float(act)
-    mem["logits + grad (fp32)"] = float(tokens * 2 * 4 * cfg.vocab_size / v_t)
-    return mem
+    return {
+        f"activations (remat={remat})": float(act),
+        "logits + grad (fp32)": float(tokens * 2 * 4 * cfg.vocab_size / v_t),
+    }
+
+
+def memory_for(cfg: ModelConfig, mesh: MeshShape, seq: int, micro: int, remat: str) -> dict[str, float]:
+    """Per-chip memory (bytes): ``state_memory`` plus ``activation_memory``."""
+    return {**state_memory(cfg, mesh), **activation_memory(cfg, mesh, seq, micro, remat)}
 
 
 def _divisors(n: int) -> list[int]:
@@ -241,15 +253,14 @@ def candidate_meshes(cfg: ModelConfig, chips: int, chip: Chip, batch: int) -> li
     return out
 
 
-def _best_micro(cfg, mesh, seq, per_chip_seqs, remat, usable):
-    """Largest micro-batch (a divisor of the per-chip batch) that fits; the smallest one if none fits."""
-    best = None
+def best_micro_batch(cfg, mesh, seq, per_chip_seqs, remat, usable) -> tuple[int, dict[str, float], bool]:
+    """(micro-batch, memory, fits): the largest divisor of the per-chip batch that fits, else the smallest."""
+    static = state_memory(cfg, mesh)
     for micro in sorted(_divisors(per_chip_seqs), reverse=True):
-        mem = memory_for(cfg, mesh, seq, micro, remat)
-        best = (micro, mem)
+        mem = {**static, **activation_memory(cfg, mesh, seq, micro, remat)}
         if sum(mem.values()) <= usable:
             return micro, mem, True
-    return best[0], best[1], False
+    return micro, mem, False
 
 
 def _mesh_preference(m: MeshShape) -> tuple:
@@ -314,7 +325,7 @@ def plan(
             )
     scored = []
     for m in candidates:
-        micro, mem, ok = _best_micro(cfg, m, seq, batch // m.batch_shards, remat, usable)
+        micro, mem, ok = best_micro_batch(cfg, m, seq, batch // m.batch_shards, remat, usable)
         scored.append((m, micro, mem, ok))
     fitting = [s for s in scored if s[3]]
     if fitting:
