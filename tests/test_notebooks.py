@@ -6,6 +6,7 @@ else the synthetic one; MOELAB_RESULTS points the notebooks at it. Notebooks are
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,19 +18,23 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_sweep_overview.ipynb", "02_fit_scaling_laws.ipynb", "03_extrapolate_to_389B.ipynb"]
 
 
-def _kernel_name() -> str:
-    """python3 when its kernelspec runs this interpreter (the .venv's); else the name of one that does."""
-    jupyter_client = pytest.importorskip("jupyter_client")
-    specs = jupyter_client.kernelspec.KernelSpecManager().get_all_specs()
-    for name, spec in specs.items():
-        argv = spec["spec"]["argv"]
-        if Path(argv[0]).resolve() == Path(sys.executable).resolve() or (
-            argv[0] == "python" and name == "python3"
-        ):
-            return name
-    if "python3" in specs:
-        return "python3"
-    pytest.skip(f"no Jupyter kernelspec for {sys.executable} (found: {sorted(specs)})")
+def _kernel_name(tmp_path: Path, monkeypatch) -> str:
+    """A kernelspec that runs this very interpreter (the .venv's python with moelab installed), placed on
+    JUPYTER_PATH, so a user-level ``python3`` kernelspec pointing elsewhere cannot shadow it."""
+    pytest.importorskip("ipykernel")
+    spec_dir = tmp_path / "jupyter" / "kernels" / "moelab-test"
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "moelab test kernel",
+        "language": "python",
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    monkeypatch.setenv(
+        "JUPYTER_PATH",
+        os.pathsep.join(filter(None, [str(tmp_path / "jupyter"), os.environ.get("JUPYTER_PATH")])),
+    )
+    return "moelab-test"
 
 
 def test_the_three_notebooks_exist_without_outputs():
@@ -61,7 +66,10 @@ def test_notebook_executes(path, results_for_notebooks, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
-        nb, kernel_name=_kernel_name(), timeout=240, resources={"metadata": {"path": str(tmp_path)}}
+        nb,
+        kernel_name=_kernel_name(tmp_path, monkeypatch),
+        timeout=240,
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError naming the cell on any failure
     code = [c for c in nb.cells if c.cell_type == "code"]
