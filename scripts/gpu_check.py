@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""GPU check: bf16 training steps of a Hunyuan-Large-shaped model cut to fit one H100/H200.
+
+What it runs: ``hunyuan-large`` with its widths (d_model 6400, 80 query / 8 KV heads of 80, qk-norm,
+cross-layer KV pairs, 16 routed experts of width 18304 + 1 shared, top-1, vocab 128512) but only as many
+layers as fit one card (an even number, at least 2, for the K/V sharing pairs), bf16 parameters and
+activations, the dropless grouped-matmul dispatch (``jax.lax.ragged_dot``), and plain SGD (an fp32 Adam
+state of even one such layer, 6.1B parameters x 16 bytes, would not fit one card: the check measures the
+step, not the optimiser).
+
+What it prints: compile time, step time, tokens/s, model FLOPs per step from ``moelab.accounting``, and the
+model FLOP utilisation (MFU) against (a) the card's *measured* bf16 matmul rate (an 8192^3 product, timed
+here) and (b) the datasheet peak. One JSON line at the end carries every figure (also written to --out).
+
+Budget: under 5 minutes including compilation on an H100 (``--max-seconds`` bounds the timed loop).
+``--smoke`` runs the same path on tiny shapes on CPU (it is part of the test suite).
+
+    python scripts/gpu_check.py            # on the GPU machine
+    python scripts/gpu_check.py --smoke    # anywhere, a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny shapes, any backend (CPU test)")
+    p.add_argument("--layers", type=int, default=0, help="layers (default: as many as fit, even, >= 2)")
+    p.add_argument("--batch", type=int, default=0, help="sequences per step (default 4; smoke 2)")
+    p.add_argument("--seq", type=int, default=0, help="tokens per sequence (default 2048; smoke 32)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="stop the timed loop after this long")
+    p.add_argument("--matmul", type=int, default=0, help="matmul size for the measured peak (default 8192)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON result here (atomically)")
+    return p.parse_args(argv)
+
+
+def measured_matmul_flops(n: int, dtype, reps: int = 10) -> float:
+    """bf16 FLOP/s of an n x n x n product on the default device (median of ``reps`` timed runs)."""
+    import jax
+
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2.0 * n**3 / times[len(times) // 2]
+
+
+def model_config(args, hbm_bytes: float | None):
+    from moelab.accounting import param_counts
+    from moelab.presets import get_preset
+
+    if args.smoke:
+        from moelab.config import ModelConfig
+
+        cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                          cla_share=2, qk_norm=True, max_seq_len=64, n_experts=4, top_k=1, n_shared_experts=1,
+                          d_expert=128, d_shared=128, dispatch="dropless")
+        return cfg.replace(dtype="bfloat16", param_dtype="bfloat16")
+    base = get_preset("hunyuan-large").replace(dispatch="dropless", dtype="bfloat16", param_dtype="bfloat16",
+                                               max_seq_len=max(args.seq, 4096))
+    layers = args.layers
+    if not layers:
+        # bf16 weights + bf16 gradients (4 B/param) of the layers and the embedding in ~60% of HBM, the rest
+        # for activations, logits and XLA's workspace.
+        one = param_counts(base.replace(n_layers=2, cla_share=2))
+        per_two = 4.0 * one.total
+        emb = 4.0 * one.embedding
+        budget = 0.6 * (hbm_bytes or 80e9) - emb
+        layers = max(2, 2 * int(budget // per_two))
+    return base.replace(n_layers=layers)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from moelab.accounting import param_counts, train_flops_per_token
+    from moelab.model import Transformer
+    from moelab.parallel.chips import CHIPS
+    from moelab.parallel.step import Sharded, make_train_step
+
+    dev = jax.devices()[0]
+    kind = getattr(dev, "device_kind", str(dev))
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    hbm = float(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+    batch = args.batch or (2 if args.smoke else 4)
+    seq = args.seq or (32 if args.smoke else 2048)
+    cfg = model_config(args, hbm)
+    counts = param_counts(cfg)
+    mem = f", memory limit {hbm / 2**30:.1f} GiB" if hbm else ""
+    print(f"device: {kind} ({dev.platform}){mem}")
+    print(f"model: hunyuan-shaped, {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_experts}+"
+          f"{cfg.n_shared_experts} experts of {cfg.d_expert}, vocab {cfg.vocab_size}; "
+          f"{counts.total_with_embedding / 1e9:.2f}B params, "
+          f"{counts.active_with_embedding / 1e9:.2f}B activated",
+          flush=True)
+
+    t0 = time.perf_counter()
+    peak_measured = measured_matmul_flops(args.matmul or (256 if args.smoke else 8192), jnp.bfloat16)
+    print(f"measured bf16 matmul: {peak_measured / 1e12:.1f} TFLOP/s", flush=True)
+
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    del model
+    sharded = Sharded(graphdef, params, rest, None, None, None)
+    tx = optax.sgd(1e-4)
+    opt_state = tx.init(params)
+    step = make_train_step(sharded, tx, aux_loss_coef=cfg.aux_loss_coef, z_loss_coef=cfg.z_loss_coef)
+    key = jax.random.key(1)
+    batches = [jax.random.randint(jax.random.fold_in(key, i), (batch, seq + 1), 0, cfg.vocab_size, jnp.int32)
+               for i in range(2)]
+
+    t = time.perf_counter()
+    params, opt_state, metrics = step(params, rest, opt_state, batches[0], None)
+    first_loss = float(metrics["loss"])
+    compile_s = time.perf_counter() - t
+    print(f"compile + first step: {compile_s:.1f} s, loss {first_loss:.3f}", flush=True)
+
+    times = []
+    loop_start = time.perf_counter()
+    for i in range(args.steps):
+        t = time.perf_counter()
+        params, opt_state, metrics = step(params, rest, opt_state, batches[i % 2], None)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - loop_start > args.max_seconds:
+            break
+    times.sort()
+    step_s = times[len(times) // 2]
+    tokens = batch * seq
+    flops = train_flops_per_token(cfg, seq) * tokens
+    chip = next((c for c in CHIPS.values() if c.name.split("-")[0] in kind.lower()), None)
+    result = {
+        "device": kind, "platform": dev.platform, "layers": cfg.n_layers, "batch": batch, "seq": seq,
+        "dispatch": cfg.dispatch, "dtype": cfg.dtype, "params": counts.total_with_embedding,
+        "active_params": counts.active_with_embedding, "steps_timed": len(times), "compile_s": compile_s,
+        "step_s": step_s, "tokens_per_s": tokens / step_s, "flops_per_step": flops,
+        "model_tflops_per_s": flops / step_s / 1e12, "measured_matmul_tflops_per_s": peak_measured / 1e12,
+        "mfu_vs_measured": flops / step_s / peak_measured,
+        "mfu_vs_datasheet": flops / step_s / chip.peak_bf16_flops if chip else None,
+        "loss_first": first_loss, "loss_last": float(metrics["loss"]),
+        "total_s": time.perf_counter() - t0,
+    }
+    print(f"step: {step_s * 1e3:.1f} ms (median of {len(times)}), {result['tokens_per_s']:,.0f} tokens/s, "
+          f"{result['model_tflops_per_s']:.1f} model TFLOP/s")
+    print(f"MFU: {result['mfu_vs_measured']:.1%} of the measured bf16 matmul rate"
+          + (f", {result['mfu_vs_datasheet']:.1%} of the datasheet peak" if chip else ""))
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        tmp = args.out.with_name(args.out.name + ".tmp")
+        tmp.write_text(line + "\n")
+        os.replace(tmp, args.out)
+    return 0 if all(map(lambda v: v == v, (result["loss_first"], result["loss_last"]))) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
