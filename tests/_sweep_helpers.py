@@ -1,10 +1,10 @@
 """A stand-in trainer for the sweep tests: the run-folder contract of moelab.train without JAX.
 
 ``fake_training(run, out_dir)`` writes config.json, metrics.jsonl, summary.json (``running`` then
-``succeeded``; ``diverged`` when ``train.lr >= 1``) and a checkpoint folder per ``checkpoint_every`` steps
-(written to a temporary name, then renamed, as orbax does), resumes from the latest checkpoint, and sleeps
-``MOELAB_FAKE_STEP_S`` seconds per step so tests can kill it mid-run. The loss is a deterministic function of
-the config and step, so a resumed run logs exactly what an uninterrupted one would.
+``succeeded``; ``diverged`` when ``train.lr >= 1``; an exception when ``train.seed == 13``) and a checkpoint
+folder per ``checkpoint_every`` steps (written to a temporary name, then renamed, as orbax does), resumes
+from the latest checkpoint, and sleeps ``MOELAB_FAKE_STEP_S`` seconds per step so tests can kill it mid-run.
+The loss is a deterministic function of config and step: a resumed run logs what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def fake_training(run, out_dir, *, progress=None) -> dict:
     base = {"status": "running", "steps": steps, "active_params": None, "versions": {"moelab": "test"}}
     write_json_atomic(out / "summary.json", base)
     delay = float(os.environ.get("MOELAB_FAKE_STEP_S", "0"))
+    if run.train.seed == 13:
+        raise RuntimeError("injected failure for seed 13")
+    threads = {k: os.environ.get(k) for k in ("PJRT_NPROC", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     every = run.train.checkpoint_every
     tokens_per_step = run.train.tokens_per_step
     with open(out / "metrics.jsonl", "a") as f:
@@ -63,6 +66,7 @@ def fake_training(run, out_dir, *, progress=None) -> dict:
         "flops": steps * tokens_per_step * run.flops_per_token(),
         "wall_time_s": wall,
         "tokens_per_s": (steps - start) * tokens_per_step / max(wall, 1e-6),
+        "threads": threads,
         "expert_load": [[1.0 / run.model.n_experts] * run.model.n_experts] * run.model.n_layers,
     }
     write_json_atomic(out / "summary.json", summary)

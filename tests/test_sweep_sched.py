@@ -1,0 +1,96 @@
+"""The Ray scheduler in-process on one shared local Ray instance: failures, held runs, --rerun-failed,
+divergence, per-trial thread limits and max_concurrency (the stand-in trainer of tests/_sweep_helpers.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import moelab.results
+from moelab.sweep.scheduler import run_sweep
+from moelab.sweep.spec import SweepSpec
+from moelab.sweep.state import read_summary
+
+TRAINER = "tests._sweep_helpers:fake_training"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    import ray
+
+    os.environ["MOELAB_FAKE_STEP_S"] = "0.01"
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
+    )
+    yield ray
+    ray.shutdown()
+    os.environ.pop("MOELAB_FAKE_STEP_S", None)
+
+
+def spec(name, seeds=(0,), lr=3e-3, sizes=(2e4,), conc=2, cpus=1):
+    return SweepSpec.from_dict(
+        {
+            "name": name,
+            "model": {"vocab_size": 256, "max_seq_len": 64},
+            "train": {"seq_len": 32, "batch_size": 4, "checkpoint_every": 5, "lr": lr},
+            "axes": {"active_params": list(sizes), "tokens": [20 * 32 * 4]},
+            "seeds": list(seeds),
+            "resources": {"cpus": cpus},
+            "max_concurrency": conc,
+            "retries": 1,
+        }
+    )
+
+
+def folders(root, s):
+    return {t.point.get("seed", 0): root / s.name / "runs" / t.run_id for t in s.trials()}
+
+
+def test_failed_runs_are_recorded_held_and_rerun_only_when_asked(tmp_path):
+    s = spec("fails", seeds=(0, 13))
+    out = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    assert (out["succeeded"], out["failed"]) == (1, 1)
+    runs = folders(tmp_path, s)
+    failed = read_summary(runs[13])
+    assert failed["status"] == "failed" and "injected failure for seed 13" in failed["error"]
+    assert "RuntimeError" in (runs[13] / "trial.log").read_text()
+    table = moelab.results.load(tmp_path / "fails").set_index("run_id")
+    assert table.loc[runs[13].name, "status"] == "failed" and "injected" in table.loc[runs[13].name, "error"]
+
+    stamp = {p: p.stat().st_mtime_ns for p in runs[13].rglob("*")}
+    again = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    assert (again["trained"], again["held"], again["skipped"]) == (0, 1, 1)
+    assert {p: p.stat().st_mtime_ns for p in runs[13].rglob("*")} == stamp  # held: untouched
+
+    rerun = run_sweep(s, tmp_path, trainer=TRAINER, live=False, rerun_failed=True)
+    assert (rerun["trained"], rerun["failed"], rerun["skipped"]) == (1, 1, 1)
+    kept = list((tmp_path / "fails" / "failed").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith(runs[13].name)  # the old folder is kept aside
+    assert len((runs[13] / "attempts.jsonl").read_text().splitlines()) == 1  # a fresh folder
+
+
+def test_divergence_is_a_result_not_a_retry(tmp_path):
+    s = spec("div", lr=1.0)
+    out = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    assert out["diverged"] == 1
+    (run,) = folders(tmp_path, s).values()
+    assert len((run / "attempts.jsonl").read_text().splitlines()) == 1
+    row = moelab.results.load(tmp_path / "div").iloc[0]
+    assert row["status"] == "diverged" and row["diverged_step"] == 2
+
+
+def test_threads_follow_the_trial_cpus_and_concurrency_is_capped(tmp_path):
+    s = spec("conc", sizes=(2e4, 3e4, 4e4), conc=1)
+    out = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    assert out["succeeded"] == 3 and out["concurrency"] == 1
+    spans = []
+    for t in s.trials():
+        d = tmp_path / "conc" / "runs" / t.run_id
+        summary = read_summary(d)
+        assert summary["threads"] == {"PJRT_NPROC": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        start = json.loads((d / "attempts.jsonl").read_text().splitlines()[0])["time"]
+        spans.append((start, (d / "summary.json").stat().st_mtime))
+    spans.sort()
+    assert all(nxt[0] >= prev[1] - 1e-3 for prev, nxt in zip(spans, spans[1:], strict=False))  # one at a time
