@@ -1,0 +1,321 @@
+"""The run loop: ``run_training(run, out_dir)`` trains one model and writes its run folder.
+
+Run folder (docs/architecture.md): ``config.json`` (RunConfig.to_dict()), ``metrics.jsonl``, ``summary.json``
+(status running | succeeded | failed | diverged) and ``checkpoints/`` (orbax). Order of events:
+
+1. Check everything that can be wrong with the input (config, corpus, field, seq_len, vocabulary, an out
+folder holding a different config) and raise ``ConfigError`` before anything is written. 2. Write config.json
+and a ``running`` summary; restore the latest checkpoint if there is one (metrics lines after it are dropped:
+the resumed run writes them again, identically, because batches depend only on (seed, step) and the router key
+on (seed, step)). 3. Train; log every ``log_every`` steps, evaluate every ``eval_every`` steps, checkpoint
+every ``checkpoint_every`` steps, and all three at the last step. A non-finite loss ends the run as
+``diverged`` (not an exception); any exception writes a ``failed`` summary with the error and is re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from moelab.errors import ConfigError
+from moelab.train.config import RunConfig
+from moelab.train.metrics import (
+    MetricsWriter,
+    git_commit,
+    peak_flops,
+    read_metrics,
+    truncate_metrics,
+    versions,
+    write_json_atomic,
+)
+
+
+def _first_difference(a, b, prefix="") -> str:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diff = _first_difference(va, vb, f"{prefix}{key}.")
+            if diff:
+                return diff
+        elif va != vb:
+            return f"{prefix}{key}: {va!r} there, {vb!r} here"
+    return ""
+
+
+def check_out_dir(run: RunConfig, out: Path) -> bool:
+    """True when ``out`` already holds this run (resume); ConfigError when it holds another config."""
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        return False
+    try:
+        there = RunConfig.from_dict(json.loads(cfg_path.read_text())).semantic_dict()
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"--out: {out} holds an unreadable config.json ({str(exc).splitlines()[0]})"
+        ) from None
+    here = run.semantic_dict()
+    if there != here:
+        raise ConfigError(
+            f"--out: {out} holds a run with a different config ({_first_difference(there, here)}); "
+            "use another folder"
+        )
+    return True
+
+
+def prepare_data(run: RunConfig):
+    from moelab.data import eval_windows, prepare
+
+    d = run.data
+    data = prepare(
+        d.corpus,
+        fmt=d.format,
+        field=d.field,
+        tokenizer=d.tokenizer,
+        vocab_size=run.model.vocab_size,
+        val_fraction=d.val_fraction,
+        hf_split=d.hf_split,
+        hf_config=d.hf_config,
+    )
+    if data.tokenizer.vocab_size > run.model.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's "
+            f"{data.tokenizer.vocab_size} ids"
+        )
+    t = run.train
+    if len(data.store.train) <= t.seq_len + 1:
+        raise ConfigError(
+            f"train.seq_len={t.seq_len} needs more than {t.seq_len + 1} training tokens; "
+            f"{d.corpus} has {len(data.store.train)}"
+        )
+    starts = eval_windows(data.store.val, t.eval_tokens, t.seq_len, t.batch_size)
+    return data, starts
+
+
+def _progress_bar(progress, total: int, start: int):
+    """(update(step, text), close()) for progress=None (auto: a terminal), True, False or a callable."""
+    if callable(progress):
+        return (lambda step, text: progress(step, total, text)), (lambda: None)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return (lambda step, text: None), (lambda: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        transient=False,
+    )
+    task = bar.add_task("", total=total, completed=start)
+    bar.start()
+    return (lambda step, text: bar.update(task, completed=step, description=text)), bar.stop
+
+
+def run_training(run: RunConfig, out_dir, *, progress=None) -> dict:
+    """Train ``run`` into ``out_dir`` (resuming from its checkpoints) and return the summary dict."""
+    out = Path(out_dir)
+    resume = check_out_dir(run, out)
+    if resume:
+        old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        if old.get("status") in ("succeeded", "diverged"):
+            return old  # finished: nothing to do
+    data, eval_starts = prepare_data(run)  # may raise ConfigError: nothing written yet
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", run.to_dict())
+    summary = _base_summary(run, data)
+    write_json_atomic(out / "summary.json", {**summary, "status": "running"})
+    try:
+        summary = _train(run, out, data, eval_starts, summary, progress)
+    except BaseException as exc:
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip().rstrip(":")
+        write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
+        raise
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _base_summary(run: RunConfig, data) -> dict:
+    from moelab.accounting import param_counts
+
+    counts = param_counts(run.model)
+    return {
+        "status": "running",
+        "eval_loss": None,
+        "eval_bpb": None,
+        "train_loss": None,
+        "steps": 0,
+        "tokens": 0,
+        "flops": 0.0,
+        "active_params": counts.active,
+        "total_params": counts.total,
+        "active_params_with_embedding": counts.active_with_embedding,
+        "total_params_with_embedding": counts.total_with_embedding,
+        "flops_per_token": run.flops_per_token(),
+        "total_steps": run.total_steps(),
+        "wall_time_s": 0.0,
+        "tokens_per_s": None,
+        "mfu": None,
+        "expert_load": None,
+        "dropped_frac": None,
+        "recycled_frac": None,
+        "diverged_step": None,
+        "error": None,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "corpus_fingerprint": data.fingerprint,
+        "corpus": data.corpus.meta,
+        "tokenizer": data.tokenizer.id,
+        "unigram_entropy": data.store.unigram_entropy(data.tokenizer.vocab_size),
+    }
+
+
+def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from moelab.data import eval_batches, train_batch
+    from moelab.model import Transformer
+    from moelab.train.checkpoint import Checkpointer
+    from moelab.train.optim import lr_schedule, make_optimizer
+    from moelab.train.step import make_eval_step, make_train_step, param_labels
+
+    t0 = time.perf_counter()
+    m, t = run.model, run.train
+    total_steps = run.total_steps()
+    tokens_per_step = t.tokens_per_step
+    flops_per_token = run.flops_per_token()
+
+    model = Transformer(m, rngs=nnx.Rngs(t.seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    del model
+    tx = make_optimizer(t, total_steps, param_labels(params))
+    opt_state = tx.init(params)
+    first_bad = jnp.asarray(-1, jnp.int32)
+    train_step = make_train_step(graphdef, tx, m, lr_schedule(t, total_steps), t.seed)
+    eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes())
+
+    ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
+    start, prev_wall, prev_train = 0, 0.0, 0.0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        (params, opt_state, first_bad), meta = ckpt.restore(latest, (params, opt_state, first_bad))
+        start, prev_wall, prev_train = (
+            int(meta["step"]),
+            float(meta["wall_time_s"]),
+            float(meta["train_time_s"]),
+        )
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        truncate_metrics(metrics_path, start)
+    writer = MetricsWriter(metrics_path)
+    update_bar, close_bar = _progress_bar(progress, total_steps, start)
+    peak = peak_flops()
+
+    def evaluate(params):
+        nats = nbytes = 0.0
+        for batch in eval_batches(data.store.val, eval_starts, t.seq_len, t.batch_size):
+            n, b = eval_step(params, rest, jnp.asarray(batch))
+            nats, nbytes = nats + float(n), nbytes + float(b)
+        n_tokens = len(eval_starts) * t.seq_len
+        return nats / n_tokens, nats / math.log(2) / nbytes
+
+    pending, last_eval, last_row = [], None, {}
+    train_time = prev_train
+    interval_start, interval_steps = time.perf_counter(), 0
+    status, diverged_step = "succeeded", None
+    try:
+        for step in range(start, total_steps):
+            batch = jnp.asarray(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
+            params, opt_state, first_bad, metrics = train_step(
+                params, opt_state, first_bad, rest, batch, jnp.asarray(step, jnp.int32)
+            )
+            pending.append(metrics)
+            interval_steps += 1
+            done = step + 1
+            last = done == total_steps
+            do_eval = done % t.eval_every == 0 or last
+            do_ckpt = done % t.checkpoint_every == 0 or last
+            if not (done % t.log_every == 0 or do_eval or do_ckpt or last):
+                continue
+            host, bad = jax.device_get((pending, first_bad))
+            pending = []
+            elapsed = time.perf_counter() - interval_start
+            train_time += elapsed
+            if int(bad) >= 0:
+                status, diverged_step = "diverged", int(bad)
+                break
+            tokens_per_s = interval_steps * tokens_per_step / max(elapsed, 1e-9)
+            load = np.mean([h["load"] for h in host], axis=0)
+            last_row = {
+                "step": done,
+                "tokens": done * tokens_per_step,
+                "loss": float(np.mean([h["loss"] for h in host])),
+                "lr": float(host[-1]["lr"]),
+                "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
+                "aux_loss": float(np.mean([h["aux_loss"] for h in host])),
+                "z_loss": float(np.mean([h["z_loss"] for h in host])),
+                "load_min": float(load.min()),
+                "load_max": float(load.max()),
+                "dropped_frac": float(np.mean([h["dropped_frac"] for h in host])),
+                "recycled_frac": float(np.mean([h["recycled_frac"] for h in host])),
+                "tokens_per_s": tokens_per_s,
+                "mfu": tokens_per_s * flops_per_token / peak,
+            }
+            row = dict(last_row)
+            if do_eval:
+                last_eval = evaluate(params)
+                row["eval_loss"], row["eval_bpb"] = last_eval
+            summary["expert_load"] = load.tolist()
+            if do_ckpt:
+                wall = prev_wall + time.perf_counter() - t0
+                ckpt.save(
+                    done,
+                    (params, opt_state, first_bad),
+                    {"step": done, "wall_time_s": wall, "train_time_s": train_time},
+                )
+            writer.write(row)
+            update_bar(done, f"loss {row['loss']:.3f}" + (f" eval {row['eval_loss']:.3f}" if do_eval else ""))
+            interval_start, interval_steps = time.perf_counter(), 0
+        ckpt.wait()
+    finally:
+        close_bar()
+        writer.close()
+        ckpt.close()
+
+    rows = read_metrics(metrics_path)
+    train_rows = [r for r in rows if "loss" in r]
+    steps_done = train_rows[-1]["step"] if train_rows else start
+    tokens = steps_done * tokens_per_step
+    tokens_per_s = (tokens / train_time) if train_time > 0 else None
+    evals = [r for r in rows if r.get("eval_loss") is not None]
+    summary.update(
+        status=status,
+        diverged_step=diverged_step,
+        steps=steps_done,
+        tokens=tokens,
+        flops=tokens * flops_per_token,
+        train_loss=train_rows[-1]["loss"] if train_rows else None,
+        eval_loss=evals[-1]["eval_loss"] if evals and status == "succeeded" else None,
+        eval_bpb=evals[-1]["eval_bpb"] if evals and status == "succeeded" else None,
+        eval_tokens=len(eval_starts) * t.seq_len,
+        dropped_frac=train_rows[-1]["dropped_frac"] if train_rows else None,
+        recycled_frac=train_rows[-1]["recycled_frac"] if train_rows else None,
+        load_min=train_rows[-1]["load_min"] if train_rows else None,
+        load_max=train_rows[-1]["load_max"] if train_rows else None,
+        wall_time_s=prev_wall + time.perf_counter() - t0,
+        train_time_s=train_time,
+        tokens_per_s=tokens_per_s,
+        mfu=(tokens_per_s * flops_per_token / peak) if tokens_per_s else None,
+        peak_flops=peak,
+        checkpoint_time_s=ckpt.seconds,
+        resumed_from=start or None,
+    )
+    return summary

@@ -1,0 +1,144 @@
+"""Run-folder files: atomic JSON writes, metrics.jsonl, provenance (versions, git commit) and the measured
+matmul peak that model FLOP utilisation is quoted against."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+METRIC_KEYS = (
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "aux_loss",
+    "z_loss",
+    "load_min",
+    "load_max",
+    "dropped_frac",
+    "recycled_frac",
+    "tokens_per_s",
+    "mfu",
+)
+
+
+def _clean(x):
+    """JSON-safe: NaN/Inf become None, numpy scalars become Python numbers."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=1, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+            break
+    return out
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the lines up to ``last_step`` (the resumed checkpoint) and drop what came after it (atomic)."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= last_step]
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", dir=Path(path).parent)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+class MetricsWriter:
+    def __init__(self, path: Path):
+        self._f = open(path, "a")  # noqa: SIM115  (kept open for the run)
+
+    def write(self, row: dict) -> None:
+        self._f.write(json.dumps(_clean(row)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+@functools.cache
+def versions() -> dict:
+    import flax
+    import jax
+    import optax
+
+    import moelab
+
+    return {
+        "moelab": moelab.__version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "python": ".".join(map(str, sys.version_info[:3])),
+    }
+
+
+@functools.cache
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+@functools.cache
+def peak_flops() -> float:
+    """Measured float32 matmul throughput (FLOP/s) of the default JAX device: the MFU denominator.
+
+    CPU: a 1024-square product (DESIGN.md: about 35 GFLOP/s on the 2-core machine); accelerators: 4096.
+    Best of five timed calls after a warm-up.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = 1024 if jax.default_backend() == "cpu" else 4096
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n**3 / best

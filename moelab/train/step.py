@@ -1,0 +1,123 @@
+"""The jitted train and eval steps (pure functions of arrays; one compilation each per shape).
+
+``loss = CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss`` with the coefficients from ``ModelConfig``
+(aux: load-balance loss, z: router z-loss, both returned by the model in its ``RouterStats``).
+
+The train step is ``(params, opt_state, first_bad, rest, batch, step) -> (params, opt_state, first_bad,
+metrics)`` with the first three arguments donated (updated in place). A non-finite loss or gradient norm
+leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while none), so
+the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval and stops
+the run as ``diverged`` at the exact step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from moelab.train.optim import ParamKind
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _axis_names(var) -> tuple[str, ...]:
+    meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
+    for key in ("sharding_names", "sharding", "out_sharding"):
+        names = meta.get(key)
+        if names:
+            return tuple(str(n) for n in names if n is not None)
+    return ()
+
+
+def param_kind(path: str, var) -> ParamKind:
+    """Label of one parameter: routed experts by their logical ``experts`` axis together with ``mlp`` (the
+    router is [embed, experts] and is not an expert), norms by their ``norm`` axis, any 1-D array (norm scale,
+    bias) by shape. Falls back to the path when a parameter has no axis names."""
+    names = _axis_names(var)
+    value = var.get_value() if hasattr(var, "get_value") else var.value
+    lowered = path.lower()
+    if "norm" in names or value.ndim < 2 or "norm" in lowered or "bias" in lowered:
+        return ParamKind.NO_DECAY
+    if names:
+        is_expert = "experts" in names and "mlp" in names
+    else:
+        is_expert = "expert" in lowered and "shared" not in lowered and "router" not in lowered
+    return ParamKind.EXPERT if is_expert else ParamKind.DECAY
+
+
+def param_labels(params):
+    """A pytree like ``params`` (same structure, leaf for leaf) of ``ParamKind`` values."""
+    pairs, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_var)
+    labels = [param_kind(jax.tree_util.keystr(path), var) for path, var in pairs]
+    return jax.tree.unflatten(jax.tree.structure(params), labels)
+
+
+def cross_entropy_sum(logits, targets):
+    """Sum over positions of -log softmax(logits)[target], in float32."""
+    logits = logits.astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
+
+
+def _stat(stats, name, default=0.0):
+    value = getattr(stats, name, None)
+    return jnp.asarray(default if value is None else value, jnp.float32)
+
+
+def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
+    aux_coef, z_coef = model_cfg.aux_loss_coef, model_cfg.z_loss_coef
+    base_key = jax.random.key(seed + 1)
+
+    def loss_fn(params, rest, batch, key):
+        model = nnx.merge(graphdef, params, rest)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        logits, stats = model(inputs, router_key=key)
+        ce = cross_entropy_sum(logits, targets) / targets.size
+        aux, z = _stat(stats, "aux_loss"), _stat(stats, "z_loss")
+        return ce + aux_coef * aux + z_coef * z, (ce, aux, z, stats)
+
+    def train_step(params, opt_state, first_bad, rest, batch, step):
+        key = jax.random.fold_in(base_key, step)
+        (total, (ce, aux, z, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, rest, batch, key
+        )
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        params = jax.tree.map(keep, new_params, params)
+        opt_state = jax.tree.map(keep, new_opt, opt_state)
+        first_bad = jnp.where((first_bad < 0) & ~ok, step, first_bad)
+        load = getattr(stats, "load", None)
+        load = jnp.ones((1, 1), jnp.float32) if load is None else jnp.asarray(load, jnp.float32)
+        metrics = {
+            "loss": ce,
+            "total_loss": total,
+            "grad_norm": grad_norm,
+            "aux_loss": aux,
+            "z_loss": z,
+            "lr": schedule(step),
+            "load": load.reshape(-1, load.shape[-1]),
+            "dropped_frac": _stat(stats, "dropped_frac"),
+            "recycled_frac": _stat(stats, "recycled_frac"),
+        }
+        return params, opt_state, first_bad, metrics
+
+    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+
+
+def make_eval_step(graphdef, token_bytes):
+    """(params, rest, batch) -> (sum of nats, sum of target bytes) over the batch."""
+    token_bytes = jnp.asarray(token_bytes, jnp.float32)
+
+    def eval_step(params, rest, batch):
+        model = nnx.merge(graphdef, params, rest)
+        logits, _ = model(batch[:, :-1], router_key=None)
+        targets = batch[:, 1:]
+        return cross_entropy_sum(logits, targets), token_bytes[targets].sum()
+
+    return jax.jit(eval_step)
