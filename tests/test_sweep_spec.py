@@ -239,7 +239,10 @@ def test_plan_reads_states_and_estimates(tmp_path):
     trials = spec.trials()
     done, failed, paused = trials[0], trials[1], trials[2]
     root = tmp_path / "t" / "runs"
-    write_json_atomic(root / done.run_id / "summary.json", {"status": "succeeded", "tokens_per_s": 1e4})
+    wall = spec.overhead_s + 10.0
+    write_json_atomic(
+        root / done.run_id / "summary.json", {"status": "succeeded", "tokens": 5e4, "wall_time_s": wall}
+    )
     write_json_atomic(root / failed.run_id / "summary.json", {"status": "diverged"})
     write_json_atomic(root / paused.run_id / "summary.json", {"status": "running"})
     half = paused.run.total_steps() // 2
@@ -249,7 +252,7 @@ def test_plan_reads_states_and_estimates(tmp_path):
     assert by_id[done.run_id].action == "skip" and by_id[done.run_id].est_s == 0
     assert by_id[failed.run_id].action == "hold"
     assert by_id[paused.run_id].action == "resume"
-    assert src.startswith("median of 1") and rate == pytest.approx(1e4 * done.run.flops_per_token())
+    assert src.startswith("median of 1") and rate == pytest.approx(5e4 * done.run.flops_per_token() / 10.0)
     fresh = by_id[trials[3].run_id]
     assert fresh.action == "run"
     assert fresh.est_s == pytest.approx(spec.overhead_s + fresh.flops / rate)

@@ -1,9 +1,9 @@
 """The dry-run plan of a sweep: every run with its size, budget, estimated time and what ``run`` will do.
 
 Estimated time = ``overhead_s + flops / flops_per_s`` (less the part done before a checkpoint, for a resume).
-``flops_per_s`` is, in order: the spec's ``estimate.flops_per_s``; the median training FLOP/s
-(``tokens_per_s * flops_per_token``) of this sweep's succeeded runs; ``DEFAULT_FLOPS_PER_S_PER_CPU`` times the
-trial's CPUs.
+``flops_per_s`` is, in order: the spec's ``estimate.flops_per_s``; the median of
+``flops / (wall_time_s - overhead_s)`` over this sweep's succeeded runs; ``DEFAULT_FLOPS_PER_S_PER_CPU``
+times the trial's CPUs.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def calibrate(spec: SweepSpec, sweep_path: Path, trials: list[Trial]) -> tuple[f
     rates = []
     for t in trials:
         s = read_summary(sweep_path / "runs" / t.run_id)
-        if s and s.get("status") == "succeeded" and s.get("tokens_per_s"):
-            rates.append(float(s["tokens_per_s"]) * t.run.flops_per_token())
+        if s and s.get("status") == "succeeded" and s.get("wall_time_s") and s.get("tokens"):
+            flops = float(s["tokens"]) * t.run.flops_per_token()
+            wall = float(s["wall_time_s"])
+            rates.append(flops / max(wall - spec.overhead_s, 0.1 * wall))
     if rates:
         return statistics.median(rates), f"median of {len(rates)} finished runs"
     return DEFAULT_FLOPS_PER_S_PER_CPU * spec.resources.cpus, "default"

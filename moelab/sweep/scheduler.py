@@ -244,7 +244,9 @@ def _schedule(
     except KeyboardInterrupt:
         for ref in inflight:
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
+                ray.cancel(ref, force=True)  # SIGKILL: the trainer gets no chance to call it a failure
+        with contextlib.suppress(Exception):  # let the kills land before Ray shuts down (which sends SIGTERM)
+            ray.wait(list(inflight), num_returns=len(inflight), timeout=10)
         write_table(root)
         raise SweepInterrupted(
             f"interrupted: {outcome['trained']} run(s) finished this time; {len(inflight)} stopped and "

@@ -50,9 +50,15 @@ def thread_env(cpus: float, gpus: float = 0.0) -> dict[str, str]:
 
 
 def load_trainer(spec: str | None = None):
+    """The trainer ``module:function`` (default ``moelab.train:run_training``, docs/architecture.md)."""
     spec = spec or os.environ.get(TRAINER_ENV) or DEFAULT_TRAINER
     module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name or "run_training")
+    fn = getattr(importlib.import_module(module), name or "run_training", None)
+    if fn is None and spec == DEFAULT_TRAINER:  # the run loop module, when the package does not re-export it
+        fn = importlib.import_module("moelab.train.loop").run_training
+    if fn is None:
+        raise ImportError(f"trainer {spec} not found")
+    return fn
 
 
 def execute_trial(run_dict: dict[str, Any], run_dir: str, trainer: str | None = None) -> dict[str, Any]:
@@ -78,10 +84,13 @@ def execute_trial(run_dict: dict[str, Any], run_dir: str, trainer: str | None = 
     run = RunConfig.from_dict(run_dict)
     with _log_to(run_dir_p / "trial.log"):
         try:
-            summary = fn(run, run_dir_p)
+            summary = fn(run, run_dir_p, progress=False)
         except Exception as exc:  # noqa: BLE001 - recorded in summary.json, reported by the driver
             traceback.print_exc()
             summary = mark_failed(run_dir_p, f"{type(exc).__name__}: {exc}")
+        except BaseException:  # an interruption (SystemExit on SIGTERM, KeyboardInterrupt): resume later
+            mark_interrupted(run_dir_p)
+            raise
     return dict(summary or read_summary(run_dir_p) or {})
 
 
@@ -93,6 +102,14 @@ def mark_failed(run_dir: Path, error: str) -> dict[str, Any]:
     summary.update(status="failed", error=str(error).strip().splitlines()[-1][:500] if error else "failed")
     write_json_atomic(Path(run_dir) / "summary.json", summary)
     return summary
+
+
+def mark_interrupted(run_dir: Path) -> None:
+    """Undo a ``failed`` that a trainer wrote for an interruption: the run is ``running`` and will resume."""
+    summary = read_summary(run_dir)
+    if summary and summary.get("status") == "failed":
+        summary.update(status="running", error=None)
+        write_json_atomic(Path(run_dir) / "summary.json", summary)
 
 
 @contextlib.contextmanager
