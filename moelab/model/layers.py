@@ -1,0 +1,74 @@
+"""Building blocks: parameter helper, RMSNorm, rotary embeddings, SwiGLU.
+
+Every parameter is an ``nnx.Param`` whose ``out_sharding`` metadata holds its logical axis names
+(vocabulary in docs/architecture.md); ``eager_sharding=False`` keeps construction mesh-free, and
+``moelab.parallel`` maps the names to mesh axes (``nnx.get_partition_spec(nnx.state(model, nnx.Param))``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
+    """A normal(0, std) weight (or ones when std is None) tagged with its logical axis names."""
+    assert len(shape) == len(axes), (shape, axes)
+    if std is None:
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), statistics in float32, learned scale of size ``dim``."""
+
+    def __init__(self, dim: int, eps: float, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = param(rngs, (dim,), ("norm",), None, param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021) on the last axis of x[..., T, H, D] (rotate-half).
+
+    positions: [T] integer positions; frequencies ``theta ** (-2i / D)``.
+    """
+    d = x.shape[-1]
+    half = d // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / d)
+    angles = positions.astype(jnp.float32)[:, None] * freqs[None, :]  # [T, half]
+    cos = jnp.cos(angles)[:, None, :]
+    sin = jnp.sin(angles)[:, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half : 2 * half]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    if d % 2:  # odd head_dim: the last channel is left unrotated
+        rotated = jnp.concatenate([rotated, x32[..., -1:]], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
+    """SwiGLU feed-forward (Shazeer 2020): ``(silu(x W_gate) * (x W_up)) W_down``."""
+    return (jax.nn.silu(x @ gate) * (x @ up)) @ down
+
+
+class SwiGLU(nnx.Module):
+    """Dense SwiGLU of width ``width``: parameters ``gate``, ``up`` [embed, mlp] and ``down`` [mlp, embed]."""
+
+    def __init__(self, d_model: int, width: int, std: float, out_std: float, param_dtype, rngs: nnx.Rngs):
+        self.gate = param(rngs, (d_model, width), ("embed", "mlp"), std, param_dtype)
+        self.up = param(rngs, (d_model, width), ("embed", "mlp"), std, param_dtype)
+        self.down = param(rngs, (width, d_model), ("mlp", "embed"), out_std, param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        return swiglu(x, self.gate[...].astype(dt), self.up[...].astype(dt), self.down[...].astype(dt))
