@@ -137,43 +137,8 @@ def check_table(results: Path, name: str, n: int):
     return frame
 
 
-def test_killed_worker_retries_and_resumes_from_its_checkpoint(tmp_path):
-    steps = 30
-    spec_path = write_spec(tmp_path, "wk", n_models=3, steps=steps, concurrency=2)
-    runs = {
-        t.run_id: tmp_path / "r" / "wk" / "runs" / t.run_id for t in SweepSpec.from_file(spec_path).trials()
-    }
-    proc = start_driver(spec_path, tmp_path / "r", step_s=0.08)
-    try:
-
-        def victim():
-            for rid, d in runs.items():
-                if len(attempts(d)) == 1 and ckpt_steps(d) and ckpt_steps(d)[-1] >= 10:
-                    return rid
-            return None
-
-        rid = wait_for(victim, 60, "a checkpoint at step 10", proc)
-        first = attempts(runs[rid])[0]
-        os.kill(first["pid"], signal.SIGKILL)
-        out = finish(proc)
-    finally:
-        reap(proc)
-    assert proc.returncode == 0, out
-    tries = attempts(runs[rid])
-    assert len(tries) == 2, out
-    assert tries[1]["pid"] != first["pid"] and tries[1]["start_step"] >= 10
-    logged = logged_steps(runs[rid])
-    assert sorted(set(logged)) == list(range(1, steps + 1))  # every step trained
-    resumed = logged[logged.index(tries[1]["start_step"] + 1, len(logged) - steps + tries[1]["start_step"]) :]
-    assert resumed == list(
-        range(tries[1]["start_step"] + 1, steps + 1)
-    )  # the retry started at its checkpoint
-    for d in runs.values():
-        assert read_summary(d)["status"] == "succeeded"
-    check_table(tmp_path / "r", "wk", 3)
-
-
-def test_killed_driver_then_ctrl_c_then_rerun_completes_without_retraining(tmp_path):
+def test_killed_worker_killed_driver_ctrl_c_and_rerun(tmp_path):
+    """One sweep through every failure the issue names (one Ray start per driver, so they share drivers)."""
     steps = 50
     spec_path = write_spec(tmp_path, "dk", n_models=4, steps=steps, concurrency=2)
     results = tmp_path / "r"
@@ -190,9 +155,19 @@ def test_killed_driver_then_ctrl_c_then_rerun_completes_without_retraining(tmp_p
         busy = [d for d in runs if status(d) == "running" and 0 < (ckpt_steps(d) or [99])[-1] <= 15]
         return (done, busy) if done and busy else None
 
-    # 1. SIGKILL the driver mid-sweep: its workers die with it; finished runs stay finished.
+    def victim():  # a run past its checkpoint at step 10, on its first attempt
+        return next((d for d in runs if len(attempts(d)) == 1 and (ckpt_steps(d) or [0])[-1] >= 10), None)
+
     proc = start_driver(spec_path, results, step_s=0.08)
     try:
+        # 1. SIGKILL a trial's worker: Ray retries the task and the retry resumes from the checkpoint.
+        hit = wait_for(victim, 60, "a checkpoint at step 10", proc)
+        first = attempts(hit)[0]
+        os.kill(first["pid"], signal.SIGKILL)
+        retry = wait_for(lambda: attempts(hit)[1:], 30, "Ray's retry of the killed trial", proc)[0]
+        assert retry["pid"] != first["pid"] and retry["start_step"] >= 10
+
+        # 2. SIGKILL the driver mid-sweep: its workers die with it; finished runs stay finished.
         done, busy = wait_for(crash_point, 60, "a finished run and a checkpointed one", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -205,7 +180,7 @@ def test_killed_driver_then_ctrl_c_then_rerun_completes_without_retraining(tmp_p
     finished_1 = [d for d in runs if status(d) == "succeeded"]
     before = snapshot(finished_1)
 
-    # 2. Ctrl-C (SIGINT) the next driver: it stops cleanly, nothing is marked failed.
+    # 3. Ctrl-C (SIGINT) the next driver: it stops cleanly, nothing is marked failed.
     t_restart = time.time()
 
     def progressed():  # a run this driver started has passed a new checkpoint
@@ -234,7 +209,7 @@ def test_killed_driver_then_ctrl_c_then_rerun_completes_without_retraining(tmp_p
     assert snapshot(finished_1) == before  # finished runs were skipped: files untouched
     before = snapshot(finished_2)
 
-    # 3. Run again: it completes; nothing finished is retrained, interrupted runs resume from checkpoints.
+    # 4. Run again: it completes; nothing finished is retrained, interrupted runs resume from checkpoints.
     proc = start_driver(spec_path, results, step_s=0.0)
     out = finish(proc)
     assert proc.returncode == 0, out
