@@ -3,6 +3,7 @@ divergence, per-trial thread limits and max_concurrency (the stand-in trainer of
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -82,9 +83,15 @@ def test_divergence_is_a_result_not_a_retry(tmp_path):
 
 
 def test_threads_follow_the_trial_cpus_and_concurrency_is_capped(tmp_path):
+    from rich.console import Console
+
     s = spec("conc", sizes=(2e4, 3e4, 4e4), conc=1)
-    out = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=140)
+    out = run_sweep(s, tmp_path, trainer=TRAINER, console=console, live=True)
     assert out["succeeded"] == 3 and out["concurrency"] == 1
+    shown = screen.getvalue()
+    assert "sweep conc: done 3/3 running 0 failed 0" in shown and "ETA 0s" in shown  # the last frame
     spans = []
     for t in s.trials():
         d = tmp_path / "conc" / "runs" / t.run_id
