@@ -3,7 +3,8 @@
 
 What it runs: ``hunyuan-large`` with its widths (d_model 6400, 80 query / 8 KV heads of 80, qk-norm,
 cross-layer KV pairs, 16 routed experts of width 18304 + 1 shared, top-1, vocab 128512) but only as many
-layers as fit one card (an even number, at least 2, for the K/V sharing pairs), bf16 parameters and
+layers as fit one card (an even number, at least 2, for the K/V sharing pairs; on an 80 GB card even two
+layers of 16 experts do not fit, so the routed experts are halved until they do), bf16 parameters and
 activations, the dropless grouped-matmul dispatch (``jax.lax.ragged_dot``), and plain SGD (an fp32 Adam
 state of even one such layer, 6.1B parameters x 16 bytes, would not fit one card: the check measures the
 step, not the optimiser).
@@ -73,16 +74,22 @@ def model_config(args, hbm_bytes: float | None):
         return cfg.replace(dtype="bfloat16", param_dtype="bfloat16")
     base = get_preset("hunyuan-large").replace(dispatch="dropless", dtype="bfloat16", param_dtype="bfloat16",
                                                max_seq_len=max(args.seq, 4096))
-    layers = args.layers
-    if not layers:
-        # bf16 weights + bf16 gradients (4 B/param) of the layers and the embedding in ~60% of HBM, the rest
-        # for activations, logits and XLA's workspace.
-        one = param_counts(base.replace(n_layers=2, cla_share=2))
-        per_two = 4.0 * one.total
-        emb = 4.0 * one.embedding
-        budget = 0.6 * (hbm_bytes or 80e9) - emb
-        layers = max(2, 2 * int(budget // per_two))
-    return base.replace(n_layers=layers)
+    # bf16 weights + bf16 gradients (4 B/param) in ~60% of HBM; the rest for activations, logits and XLA's
+    # workspace. Keep every width; add layer pairs while they fit, and if even one pair does not fit, halve
+    # the number of routed experts (a 16-expert pair is 12.2B parameters, 49 GB: too much for an 80 GB card).
+    budget = 0.6 * (hbm_bytes or 80e9)
+
+    def weight_bytes(c) -> float:
+        return 4.0 * param_counts(c).total_with_embedding
+
+    cfg = base.replace(n_layers=args.layers or 2)
+    if args.layers:
+        return cfg
+    while weight_bytes(cfg) > budget and cfg.n_experts > 2:
+        cfg = cfg.replace(n_experts=cfg.n_experts // 2)
+    while weight_bytes(cfg.replace(n_layers=cfg.n_layers + 2)) <= budget:
+        cfg = cfg.replace(n_layers=cfg.n_layers + 2)
+    return cfg
 
 
 def main(argv=None) -> int:
