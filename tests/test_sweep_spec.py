@@ -68,6 +68,16 @@ def test_zip_pairs_values_and_seeds_cross_everything():
     assert len({t.run_id for t in spec.trials()}) == 6
 
 
+def test_linked_axes_move_together_inside_the_grid():
+    spec = spec_of(
+        axes={"active_params": [2e4, 2e4, 5e4], "tokens": [1e4, 3e4, 1e4], "n_experts": [1, 4]},
+        linked=[["active_params", "tokens"]],
+    )
+    points = {(p["active_params"], p["tokens"], p["n_experts"]) for p in spec.points()}
+    assert points == {(a, d, e) for a, d in [(20000, 10000), (20000, 30000), (50000, 10000)] for e in (1, 4)}
+    assert len(spec.trials()) == 6
+
+
 def test_isoflop_tokens_spend_the_budget():
     spec = spec_of(
         generator="isoflop", axes={"flops": [1e11, 3e11], "active_params": [2e4, 5e4, 1e5], "n_experts": [4]}
@@ -134,6 +144,25 @@ BAD = [
     ),
     ({"axes": {"active_params": [2e4, 2e4]}}, "axes.active_params", "repeated"),
     ({"axes": {"active_params": []}}, "axes.active_params", "at least one"),
+    (
+        {
+            "axes": {"active_params": [2e4, 2e4], "tokens": [1e4, 1e4]},
+            "linked": [["active_params", "tokens"]],
+        },
+        "axes.active_params",
+        "repeat a combination",
+    ),
+    (
+        {"axes": {"active_params": [2e4, 5e4], "tokens": [1e4]}, "linked": [["active_params", "tokens"]]},
+        "axes.tokens",
+        "equal lengths",
+    ),
+    (
+        {"axes": {"active_params": [2e4], "tokens": [1e4]}, "linked": [["active_params", "top_k"]]},
+        "linked[0]",
+        "not in axes",
+    ),
+    ({"generator": "zip", "linked": [["active_params", "tokens"]]}, "linked", "zip already links"),
     (
         {"generator": "zip", "axes": {"active_params": [2e4, 5e4], "n_experts": [1, 2, 4]}},
         "axes.n_experts",

@@ -165,6 +165,7 @@ class SweepSpec:
         axes = _parse_axes(raw.get("axes") or {}, err)
         linked = _parse_linked(raw.get("linked"), generator, axes, err)
         _check_axes(generator, axes, linked, sections, err)
+        _check_repeats(generator, axes, linked, err)
         seeds = _parse_seeds(raw.get("seeds"), err)
         resources = _parse_resources(raw.get("resources") or {}, err)
         max_conc = raw.get("max_concurrency")
@@ -354,8 +355,6 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
             if key == "shared_ratio" and not 0 <= num < 1:
                 raise err(f"axes.{key}", f"must be in [0, 1), got {v!r}")
             parsed.append(num)
-        if len(set(parsed)) != len(parsed):
-            raise err(f"axes.{key}", f"has repeated values {parsed}")
         axes[key] = parsed
     return axes
 
@@ -385,6 +384,19 @@ def _parse_linked(raw: Any, generator: str, axes: dict[str, list[Any]], err: _Er
                     f"{len(axes[group[0]])} (linked axes need equal lengths)",
                 )
     return tuple(tuple(g) for g in raw)
+
+
+def _check_repeats(generator: str, axes: dict, linked: tuple, err: _Errors) -> None:
+    """A plain axis lists each value once; linked (or zipped) axes may repeat values but not whole tuples."""
+    groups = [tuple(axes)] if generator == "zip" and axes else list(linked)
+    in_group = {a for g in groups for a in g}
+    for key, values in axes.items():
+        if key not in in_group and len(set(values)) != len(values):
+            raise err(f"axes.{key}", f"has repeated values {values}")
+    for g in groups:
+        rows = list(zip(*(axes[a] for a in g), strict=True))
+        if len(set(rows)) != len(rows):
+            raise err(f"axes.{g[0]}", f"the linked values of {', '.join(g)} repeat a combination")
 
 
 def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, dict], err: _Errors) -> None:
