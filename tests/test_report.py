@@ -64,6 +64,10 @@ jax_version python_version git_commit corpus_fingerprint
 """.split()  # noqa: SIM905
 
 
+# Two laws, few starts and resamples: the tests check the report's plumbing, analysis/ tests check the fits.
+FAST = {"n_boot": 8, "max_starts": 16, "laws": ["chinchilla", "clark"]}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """One report over the small synthetic grid (a private copy of the session's folder)."""
@@ -71,7 +75,7 @@ def report(tmp_path_factory):
 
     src = synthetic_results(tmp_path_factory)
     root = copy_results(src, tmp_path_factory.mktemp("rep") / "synthetic")
-    folder, summary = build_report(root, n_boot=40)
+    folder, summary = build_report(root, **FAST)
     return root, folder, summary
 
 
@@ -177,7 +181,7 @@ def test_sections_left_out_when_the_data_cannot_support_them(tmp_path):
     # keep only dense runs of one size: no IsoFLOP profile, no MoE comparison, no router
     keep = df[(df["n_experts"] == 1)]
     keep.to_parquet(root / "runs.parquet", index=False)
-    folder, summary = build_report(root, n_boot=0)
+    folder, summary = build_report(root, n_boot=0, laws=[])
     ids = re.findall(r'<section id="([a-z]+)">', (folder / "index.html").read_text())
     assert "sweep" in ids and "repro" in ids and "curves" in ids
     for absent in ("isoflop", "moe", "router", "heldout", "extrapolation"):
@@ -190,7 +194,7 @@ def test_rewrite_is_atomic(tmp_path, monkeypatch):
     from analysis.report import build_report
 
     root = write_synthetic_results(tmp_path / "s", small=True)
-    folder, _ = build_report(root, n_boot=0)
+    folder, _ = build_report(root, n_boot=0, laws=[])
     before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
     def boom(*a, **k):
@@ -198,7 +202,7 @@ def test_rewrite_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(F, "router_health", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_report(root, n_boot=0)
+        build_report(root, n_boot=0, laws=[])
     after = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in root.iterdir()) == ["report", "runs", "runs.parquet", "sweep.yaml"]
@@ -207,22 +211,39 @@ def test_rewrite_is_atomic(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the command line
 def test_cli_report_writes_and_prints_summary(tmp_path, capsys):
     root = write_synthetic_results(tmp_path / "s", small=True)
-    assert main(["report", str(root), "--bootstrap", "0", "--out", str(tmp_path / "out")]) == 0
+    out_dir = tmp_path / "out"
+    argv = [
+        "report",
+        str(root),
+        "--bootstrap",
+        "0",
+        "--starts",
+        "8",
+        "--laws",
+        "chinchilla",
+        "--out",
+        str(out_dir),
+    ]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert f"report: {tmp_path / 'out' / 'index.html'}" in out
+    assert f"report: {out_dir / 'index.html'}" in out
+    assert "best law: chinchilla" in out
     assert out.count("\n") == 4 and (tmp_path / "out" / "index.html").is_file()
 
 
-@pytest.mark.parametrize("make", ["missing", "empty_dir", "bad_parquet", "no_runs"])
+@pytest.mark.parametrize("make", ["missing", "empty_dir", "bad_parquet", "no_runs", "bad_law", "bad_boot"])
 def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, capsys, make):
     root = tmp_path / "r"
-    if make != "missing":
+    extra = {"bad_law": ["--laws", "chinchilla,nope"], "bad_boot": ["--bootstrap", "-1"]}.get(make, [])
+    if make in ("bad_law", "bad_boot"):
+        write_synthetic_results(root, small=True)
+    elif make != "missing":
         root.mkdir()
     if make == "bad_parquet":
         (root / "runs.parquet").write_text("not parquet")
     if make == "no_runs":
         pd.DataFrame({"run_id": [], "status": [], "loss": []}).to_parquet(root / "runs.parquet")
-    assert main(["report", str(root)]) == 2
+    assert main(["report", str(root), *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("moelab: error: ") and err.count("\n") == 1
     assert not (root / "report").exists()

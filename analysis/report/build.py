@@ -313,10 +313,16 @@ def build_report(
     *,
     target: str = "hunyuan-large",
     n_boot: int | None = None,
+    max_starts: int | None = None,
+    laws: list[str] | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write ``results_dir/report/`` (or ``out``) and return (folder, summary lines)."""
+    """Write ``results_dir/report/`` (or ``out``) and return (folder, summary lines).
+
+    ``n_boot``: bootstrap resamples per law (default :data:`analysis.report.fits.DEFAULT_BOOT`);
+    ``max_starts``: cap on each law's grid of L-BFGS starts (default: the law's own grid);
+    ``laws``: the registered laws to fit (default: all of them)."""
     data = load_results(results_dir)
-    an = analyse(data, target=target, n_boot=n_boot)
+    an = analyse(data, target=target, n_boot=n_boot, max_starts=max_starts, laws=laws)
     sections: list[Section | None] = [_sweep_section(data), _curves_section(data), _compute_section(data, an)]
     iso, minima = _isoflop_section(data)
     sections += [

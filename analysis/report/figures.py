@@ -293,6 +293,12 @@ def _sig2(x: pd.Series) -> pd.Series:
 
 def _param_groups(ok: pd.DataFrame, vary: str, fixed: Sequence[str], min_points: int) -> list[pd.DataFrame]:
     df = ok.assign(_active=_sig2(ok["active_params"]), _total=_sig2(ok["total_params"]))
+    # realised shapes land within rounding of the requested knobs (ModelConfig.from_budget): compare the
+    # requested values, granularity on a half-octave grid and shared_ratio on a 0.05 grid
+    if "granularity" in df:
+        df["_g"] = 2.0 ** (np.round(2 * np.log2(df["granularity"].astype(float).clip(lower=1e-6))) / 2)
+    if "shared_ratio" in df:
+        df["_s"] = (df["shared_ratio"].astype(float).fillna(0.0) * 20).round() / 20
     keys = [k for k in fixed if k in df]
     out = []
     for _, g in df.groupby(keys, dropna=False):
@@ -308,9 +314,9 @@ def moe_groups(ok: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
         return {}
     base = ["d_model", "n_layers", "tokens", "seq_len"]
     out = {
-        "n_experts": _param_groups(ok, "n_experts", base + ["top_k", "n_shared_experts", "granularity"], 2),
-        "shared_ratio": _param_groups(ok, "shared_ratio", base + ["n_experts", "granularity", "_active"], 2),
-        "granularity": _param_groups(ok, "granularity", base + ["n_shared_experts", "_active", "_total"], 2),
+        "n_experts": _param_groups(ok, "n_experts", base + ["top_k", "n_shared_experts", "_g", "_s"], 2),
+        "shared_ratio": _param_groups(ok, "_s", base + ["n_experts", "_g", "_active"], 2),
+        "granularity": _param_groups(ok, "_g", base + ["n_shared_experts", "_s", "_active", "_total"], 2),
     }
     return {k: v for k, v in out.items() if v}
 
@@ -497,7 +503,10 @@ def router_health(runs: pd.DataFrame, expert_load: dict[str, list[list[float]]])
     )
     ax.set_xlabel("routed expert")
     ax.set_ylabel("layer")
-    ax.set_yticks(range(load.shape[0]))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=min(16, load.shape[1]), integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=min(16, load.shape[0]), integer=True))
     ax.grid(False)
     ax.set_title(f"Per-expert load, run {pick['run_id'][:8]} (E = {int(pick['n_experts'])})")
     fig.colorbar(im, ax=ax, label="load / uniform share")
