@@ -1,0 +1,61 @@
+"""Acceptance: the Chinchilla Approach 3 fit on Besiroglu et al.'s extracted data (../shared/data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import analysis
+
+# Besiroglu et al. 2024 (arXiv 2404.10102), summed-Huber grid fit on 240 points (../shared/LAWS.md).
+EPOCH = {"E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.3473, "beta": 0.3672}
+EPOCH_95 = {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
+
+
+@pytest.fixture(scope="module")
+def epoch_runs(shared_data):
+    path = shared_data / "chinchilla_svg_extracted.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    df = analysis.load_runs(
+        path, columns={"active_params": "Model Size", "flops": "Training FLOP", "loss": "loss"},
+        tokens_from_flops=True,
+    )
+    assert len(df) == 245
+    return df.sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Besiroglu et al.
+
+
+@pytest.fixture(scope="module")
+def epoch_fit(epoch_runs):
+    return analysis.fit(epoch_runs, "chinchilla", bootstrap=200, seed=0)
+
+
+def test_real_data_matches_besiroglu_within_1_percent(epoch_fit):
+    assert epoch_fit.n_points == 240 and epoch_fit.n_starts == 4500
+    for k, v in EPOCH.items():
+        assert epoch_fit.params[k] == pytest.approx(v, rel=0.01), k
+    assert not epoch_fit.warnings
+
+
+def test_real_data_bootstrap_intervals_near_besiroglu(epoch_fit):
+    iv = epoch_fit.intervals
+    for k, (lo, hi) in EPOCH_95.items():
+        assert iv[k][0] < epoch_fit.params[k] < iv[k][1]
+        # 200 resamples against their 4,000: ends agree to a few percent of the value
+        assert iv[k][0] == pytest.approx(lo, rel=0.03) and iv[k][1] == pytest.approx(hi, rel=0.03), k
+    se = epoch_fit.stderr
+    assert 0.01 < se["alpha"] < 0.03 and se["A"] > 50
+
+
+def test_fit_is_a_minimum_of_the_reference_objective(epoch_fit):
+    """No coordinate perturbation of the fitted raw parameters lowers the NumPy reference objective."""
+    from analysis.fit import objective_np
+
+    law, data = epoch_fit.law, epoch_fit.data
+    f0 = objective_np(law, epoch_fit.theta, data.X, data.logy)
+    assert f0 == pytest.approx(epoch_fit.objective, rel=1e-10)
+    eye = np.eye(law.n_params)
+    for h in (1e-3, 1e-5):
+        for s in (1, -1):
+            f = objective_np(law, epoch_fit.theta + s * h * eye, data.X, data.logy)
+            assert np.all(f >= f0 - 1e-12)
