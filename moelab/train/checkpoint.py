@@ -32,7 +32,9 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         t = time.perf_counter()
-        leaves = {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(state))}
+        # Copies: the caller donates ``state`` to the next train step, which may reuse its buffers before the
+        # asynchronous write has read them (on CPU host "transfers" can alias device memory).
+        leaves = {f"{i:05d}": x.copy() for i, x in enumerate(jax.tree.leaves(state))}
         self._mngr.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(leaves), meta=ocp.args.JsonSave(meta)),

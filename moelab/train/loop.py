@@ -250,7 +250,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
             elapsed = time.perf_counter() - interval_start
             train_time += elapsed
             if int(bad) >= 0:
-                status, diverged_step = "diverged", int(bad)
+                status, diverged_step = "diverged", int(bad) + 1  # 1-based, as metrics "step"
                 break
             tokens_per_s = interval_steps * tokens_per_step / max(elapsed, 1e-9)
             load = np.mean([h["load"] for h in host], axis=0)

@@ -63,7 +63,7 @@ def cross_entropy_sum(logits, targets):
 
 
 def _stat(stats, name, default=0.0):
-    value = getattr(stats, name, None)
+    value = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
     return jnp.asarray(default if value is None else value, jnp.float32)
 
 
@@ -92,7 +92,7 @@ def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
         params = jax.tree.map(keep, new_params, params)
         opt_state = jax.tree.map(keep, new_opt, opt_state)
         first_bad = jnp.where((first_bad < 0) & ~ok, step, first_bad)
-        load = getattr(stats, "load", None)
+        load = stats.get("load") if isinstance(stats, dict) else getattr(stats, "load", None)
         load = jnp.ones((1, 1), jnp.float32) if load is None else jnp.asarray(load, jnp.float32)
         metrics = {
             "loss": ce,
