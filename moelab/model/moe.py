@@ -34,14 +34,14 @@ class MoE(nnx.Module):
         """x [B, T, d] -> (y [B, T, d], stats of this layer)."""
         cfg, dt = self.cfg, x.dtype
         b, t, d = x.shape
-        flat = x.reshape(b * t, d)
+        flat = x.transpose(1, 0, 2).reshape(t * b, d)  # position-major: capacity favours earlier positions
         r = route(flat, self.router[...], cfg.top_k, cfg.renormalize)
         y, dropped, recycled = STRATEGIES[cfg.dispatch](
             flat, r.top_idx, r.top_w,
             self.w_gate[...].astype(dt), self.w_up[...].astype(dt), self.w_down[...].astype(dt),
             capacity_factor=cfg.capacity_factor, overflow=cfg.overflow, key=key,
         )  # fmt: skip
-        y = y.reshape(b, t, d)
+        y = y.reshape(t, b, d).transpose(1, 0, 2)
         if cfg.n_shared_experts:
             y = y + self.shared(x)
         stats = dict(aux_loss=r.aux_loss, z_loss=r.z_loss, load=r.load, dropped_frac=dropped,

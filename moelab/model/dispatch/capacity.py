@@ -1,7 +1,10 @@
 """Capacity dispatch: per-expert buffers [E, C, d], batched einsums, overflow dropped or recycled.
 
-Assignments are numbered choice-major (a = j·N + n: every token's first choice before any second choice, as
-GShard), so that under pressure a token loses its k-th choice before another token loses its first.
+Assignments are numbered token-major (a = n·k + j) and the MoE layer hands tokens over position-major
+(n = t·B + b), so an expert's slots go to earlier positions first: whether a token is dropped never depends
+on later positions, and a model with ``drop`` stays causal (GShard's choice-major order would let a future
+token's first choice evict an earlier token's second). ``recycle`` fills the room left after the first
+pass, which does depend on the whole batch.
 Expert e keeps its first ``C = ceil(capacity_factor · N · k / E)`` assignments (position from a cumulative sum
 of one-hots). Overflow:
 
@@ -33,10 +36,10 @@ def slot_priorities(key: jax.Array, n_experts: int, capacity: int) -> jax.Array:
 
 
 def plan(top_idx: jax.Array, n_experts: int, capacity: int, overflow: str, key: jax.Array | None):
-    """Slots of the N·k assignments (choice-major): (expert [A], position [A], kept [A], recycled [A])."""
+    """Slots of the N·k assignments (token-major): (expert [A], position [A], kept [A], recycled [A])."""
     n, k = top_idx.shape
     a = n * k
-    expert = top_idx.T.reshape(a)
+    expert = top_idx.reshape(a)
     onehot = jax.nn.one_hot(expert, n_experts, dtype=jnp.int32)
     pos = jnp.sum(jnp.cumsum(onehot, axis=0) * onehot, axis=-1) - 1
     kept = pos < capacity
@@ -67,14 +70,14 @@ def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overfl
     expert, pos, kept, recycled = plan(top_idx, n_experts, cap, overflow, key)
     n_slots = n_experts * cap
     slot = jnp.where(kept, expert * cap + pos, n_slots)  # [A]; n_slots = nowhere
-    token = jnp.arange(n * k) % n
+    token = jnp.arange(n * k) // k
     slot_token = jnp.full((n_slots,), n, jnp.int32).at[slot].set(token, mode="drop")
     x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
     buf = x_pad[slot_token].reshape(n_experts, cap, d)
     h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, w_gate)) * jnp.einsum("ecd,edf->ecf", buf, w_up)
     out = jnp.einsum("ecf,efd->ecd", h, w_down).reshape(n_slots, d)
     out_pad = jnp.concatenate([out, jnp.zeros((1, d), out.dtype)])
-    weights = top_w.T.reshape(n * k).astype(x.dtype)
-    y = (out_pad[slot] * weights[:, None]).reshape(k, n, d).sum(0)
+    weights = top_w.reshape(n * k).astype(x.dtype)
+    y = (out_pad[slot] * weights[:, None]).reshape(n, k, d).sum(1)
     dropped_frac = 1.0 - jnp.mean(kept.astype(jnp.float32))
     return y, dropped_frac, jnp.mean(recycled.astype(jnp.float32))

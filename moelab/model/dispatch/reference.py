@@ -22,8 +22,8 @@ def reference_plan(top_idx, n_experts, capacity, overflow, key):
     n, k = idx.shape
     count = [0] * n_experts
     served, overflowed = [], []
-    for j in range(k):  # choice-major: every first choice before any second choice
-        for t in range(n):
+    for t in range(n):  # token by token, each token's choices best first
+        for j in range(k):
             e = int(idx[t, j])
             if capacity is None or count[e] < capacity:
                 count[e] += 1

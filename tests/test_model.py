@@ -1,0 +1,168 @@
+"""The Transformer: parameter tree = accounting, axis names, causality, attention vs a naive loop, strategies
+agree inside the model, gradients reach every parameter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from moelab.accounting import param_counts
+from moelab.config import ModelConfig
+from moelab.model import Transformer
+from moelab.model.attention import Attention
+from moelab.model.layers import rope
+from moelab.presets import get_preset
+
+AXES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "experts", "layers", "norm"}
+SMALL = dict(vocab_size=64, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_expert=24, max_seq_len=16)
+MOE = ModelConfig(**SMALL, n_layers=4, cla_share=2, qk_norm=True, n_experts=4, top_k=2, n_shared_experts=1,
+                  d_shared=16, tie_embeddings=False)  # fmt: skip
+
+
+def _abstract(cfg):
+    return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def _n_params(model):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(**SMALL, n_layers=2),
+        ModelConfig(**SMALL, n_layers=3, qk_norm=True, tie_embeddings=False),
+        MOE,
+        ModelConfig(**SMALL, n_layers=6, cla_share=3, n_experts=8, top_k=1),
+        ModelConfig.from_budget(2e5, n_experts=8, shared_ratio=0.5, granularity=2, top_k=2, cla_share=2),
+    ],
+)
+def test_param_tree_equals_accounting(cfg):
+    assert _n_params(_abstract(cfg)) == param_counts(cfg).total_with_embedding
+
+
+def test_hunyuan_large_tree_without_materialising():
+    cfg = get_preset("hunyuan-large")
+    n = _n_params(_abstract(cfg))
+    assert n == param_counts(cfg).total_with_embedding
+    assert n == pytest.approx(389e9, rel=0.01)
+
+
+def test_every_param_has_logical_axis_names():
+    state = nnx.state(_abstract(MOE), nnx.Param)
+    leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert leaves
+    for p in leaves:
+        names = p.get_metadata()["out_sharding"]
+        assert len(names) == len(p.shape) and set(names) <= AXES, (names, p.shape)
+    blocks = MOE.n_layers // MOE.cla_share
+    assert _abstract(MOE).blocks.layer_0.attn.k.shape[0] == blocks
+    assert not hasattr(_abstract(MOE).blocks.layer_1.attn, "k")  # cross-layer K/V sharing
+
+
+def _naive_attention(x, wq, wk, wv, wo, theta):
+    """Per-head loop: causal softmax(q k^T / sqrt(d)) v with query head h reading K/V head h // group."""
+    t = x.shape[0]
+    q = rope(jnp.einsum("td,dhk->thk", x, wq), jnp.arange(t), theta)
+    k = rope(jnp.einsum("td,dgk->tgk", x, wk), jnp.arange(t), theta)
+    v = jnp.einsum("td,dgk->tgk", x, wv)
+    h, g, hd = wq.shape[1], wk.shape[1], wq.shape[2]
+    heads = []
+    for i in range(h):
+        s = q[:, i] @ k[:, i // (h // g)].T / np.sqrt(hd)
+        s = jnp.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+        heads.append(jax.nn.softmax(s, -1) @ v[:, i // (h // g)])
+    return jnp.einsum("thk,hkd->td", jnp.stack(heads, 1), wo)
+
+
+def test_gqa_attention_and_cla_reuse_match_a_naive_loop():
+    cfg = ModelConfig(**SMALL, n_layers=2, cla_share=2)
+    first = Attention(cfg, True, jnp.float32, nnx.Rngs(1))
+    second = Attention(cfg, False, jnp.float32, nnx.Rngs(2))
+    x = jax.random.normal(jax.random.key(0), (1, 10, cfg.d_model))
+    out, kv = first(x, None)
+    out2, _ = second(x * 2, kv)
+    for b in range(1):
+        ref = _naive_attention(x[b], first.q[...], first.k[...], first.v[...], first.o[...], cfg.rope_theta)
+        np.testing.assert_allclose(out[b], ref, atol=1e-5)
+        # the K/V-less layer attends with its own queries over the first layer's keys and values
+        q2 = rope(jnp.einsum("td,dhk->thk", x[b] * 2, second.q[...]), jnp.arange(10), cfg.rope_theta)
+        k, v = kv[0][b], kv[1][b]
+        heads = []
+        for i in range(cfg.n_heads):
+            s = q2[:, i] @ k[:, i // 2].T / np.sqrt(cfg.head_dim)
+            s = jnp.where(np.tril(np.ones((10, 10), bool)), s, -np.inf)
+            heads.append(jax.nn.softmax(s, -1) @ v[:, i // 2])
+        np.testing.assert_allclose(out2[b], jnp.einsum("thk,hkd->td", jnp.stack(heads, 1), second.o[...]),
+                                   atol=1e-5)  # fmt: skip
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 16))
+
+    def score(m, n):
+        return float(jnp.sum(rope(q, jnp.array([m]), 1e4) * rope(k, jnp.array([n]), 1e4)))
+
+    assert score(3, 1) == pytest.approx(score(12, 10), abs=1e-5)
+    assert score(3, 1) != pytest.approx(score(3, 2), abs=1e-3)
+
+
+@nnx.jit
+def _forward(model, tokens, key):
+    return model(tokens, router_key=key)
+
+
+def test_forward_is_causal_reports_stats_and_recycle_is_keyed():
+    cfg = MOE.replace(capacity_factor=1.0)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size, dtype=jnp.int32)
+    logits, stats = _forward(model, tokens, jax.random.key(0))
+    assert logits.shape == (2, 12, cfg.vocab_size) and logits.dtype == jnp.float32
+    assert stats["load"].shape == (cfg.n_layers, cfg.n_experts)
+    np.testing.assert_allclose(stats["load"].sum(-1), 1.0, rtol=1e-6)
+    for name in ("aux_loss", "z_loss", "dropped_frac", "recycled_frac"):
+        assert stats[name].shape == ()
+    assert float(stats["aux_loss"]) >= 1.0 - 1e-6  # its minimum is 1 at perfect balance
+    assert float(stats["dropped_frac"]) > 0  # capacity really binds, yet the model stays causal
+    changed = tokens.at[:, 8:].set((tokens[:, 8:] + 1) % cfg.vocab_size)
+    logits2, _ = _forward(model, changed, jax.random.key(0))
+    np.testing.assert_allclose(logits[:, :8], logits2[:, :8], atol=1e-5)
+    assert not np.allclose(logits[:, 8:], logits2[:, 8:], atol=1e-5)
+    # recycle: same graph shape, different overflow policy; reproducible from the router key
+    recycle = Transformer(cfg.replace(overflow="recycle"), rngs=nnx.Rngs(0))
+    _, s1 = _forward(recycle, tokens, jax.random.key(0))
+    _, s2 = _forward(recycle, tokens, jax.random.key(0))
+    assert float(s1["recycled_frac"]) > 0 and float(s1["recycled_frac"]) == float(s2["recycled_frac"])
+    assert float(s1["dropped_frac"]) < float(stats["dropped_frac"])
+
+
+def _loss(model, tokens, key):
+    logits, stats = model(tokens, router_key=key)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+    return ce + model.cfg.aux_loss_coef * stats["aux_loss"] + model.cfg.z_loss_coef * stats["z_loss"]
+
+
+_grad = nnx.jit(nnx.value_and_grad(_loss))
+
+
+def test_capacity_without_overflow_equals_dropless_in_the_model_with_gradients():
+    cfg = MOE.replace(capacity_factor=float(MOE.n_experts))  # room for every assignment
+    tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg.vocab_size, dtype=jnp.int32)
+    results = []
+    for dispatch in ("capacity", "dropless"):
+        model = Transformer(cfg.replace(dispatch=dispatch), rngs=nnx.Rngs(3))
+        results.append(_grad(model, tokens, jax.random.key(0)))
+    (l1, g1), (l2, g2) = results
+    assert float(abs(l1 - l2)) <= 1e-5
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
+    for path, g in jax.tree_util.tree_leaves_with_path(g1):  # gradients reach every parameter
+        assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, path
+
+
+def test_bfloat16_compute_runs_with_float32_logits():
+    cfg = ModelConfig(**SMALL, n_layers=2, n_experts=4, dtype="bfloat16")
+    logits, stats = _forward(Transformer(cfg, rngs=nnx.Rngs(0)), jnp.zeros((1, 8), jnp.int32), None)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
