@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -187,3 +188,27 @@ def test_two_process_cluster_on_cpu(tmp_path):
         outs.append(next(line for line in out.splitlines() if line.startswith("OK")))
     # process 0 contributes 2 x 1.0, process 1 2 x 2.0
     assert sorted(outs) == [f"OK {i} 2 4 {math.fsum([1, 1, 2, 2])}" for i in range(2)]
+
+
+# ---------------------------------------------------------------- remat
+@pytest.mark.parametrize("policy", ["none", "minimal", "full"])
+def test_layer_checkpoint_follows_the_context_and_keeps_gradients(policy):
+    from moelab.parallel.remat import layer_checkpoint, use_remat
+
+    def layer(w, x):
+        return jnp.tanh(x @ w) @ w.T
+
+    def loss(w, x, wrap):
+        f = wrap(layer)
+        return jnp.sum(f(w, f(w, x)) ** 2)
+
+    w = jax.random.normal(jax.random.key(0), (6, 6)) / 3
+    x = jax.random.normal(jax.random.key(1), (4, 6))
+    plain = jax.grad(loss)(w, x, lambda f: f)
+    with use_remat(policy):
+        g = jax.grad(loss)(w, x, layer_checkpoint)
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss), static_argnums=2)(w, x, layer_checkpoint))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(plain), rtol=1e-6, atol=1e-6)
+    assert ("remat" in jaxpr or "checkpoint" in jaxpr) == (policy != "none")
+    with pytest.raises(ConfigError, match="remat must be one of"), use_remat("sometimes"):
+        pass

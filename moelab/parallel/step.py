@@ -21,6 +21,7 @@ z_loss_coef * z_loss.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from moelab.parallel.remat import jax_policy, use_remat
 from moelab.parallel.rules import ACTIVATION_RULES, activation_sharding, spec_entries
 from moelab.parallel.shard import state_shardings
 
@@ -75,21 +77,21 @@ def shard_model(model: nnx.Module, mesh) -> Sharded:
     return Sharded(graphdef, jax.device_put(params, p_sh), jax.device_put(rest, r_sh), p_sh, r_sh, mesh)
 
 
-def make_grad_fn(sharded: Sharded, *, aux_loss_coef: float, z_loss_coef: float):
+def make_grad_fn(sharded: Sharded, *, aux_loss_coef: float, z_loss_coef: float, remat: str = "none"):
     """Jitted ``(params, rest, batch, router_key) -> (loss, (ce, aux, z), grads)`` with grads sharded like
-    the parameters. Passing a model split without a mesh (``mesh=None``) gives the unsharded reference."""
+    the parameters. Passing a model split without a mesh (``mesh=None``) gives the unsharded reference.
+    ``remat`` is the policy the model's ``layer_checkpoint`` hook applies (``moelab.parallel.remat``)."""
     graphdef, mesh = sharded.graphdef, sharded.mesh
+    jax_policy(remat)
 
     def f(params, rest, batch, router_key):
         def objective(p):
             model = nnx.merge(graphdef, p, rest)
             return loss_fn(model, batch, router_key, aux_loss_coef, z_loss_coef)
 
-        if mesh is None:
+        layout = contextlib.nullcontext() if mesh is None else activation_sharding(mesh)
+        with layout, use_remat(remat):
             (loss, parts), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        else:
-            with activation_sharding(mesh):
-                (loss, parts), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return loss, parts, grads
 
     if mesh is None:
@@ -98,13 +100,13 @@ def make_grad_fn(sharded: Sharded, *, aux_loss_coef: float, z_loss_coef: float):
     return jax.jit(f, out_shardings=(replicated, (replicated,) * 3, sharded.param_shardings))
 
 
-def make_train_step(sharded: Sharded, tx, *, aux_loss_coef: float, z_loss_coef: float):
+def make_train_step(sharded: Sharded, tx, *, aux_loss_coef: float, z_loss_coef: float, remat: str = "none"):
     """Jitted ``(params, rest, opt_state, batch, router_key) -> (params, opt_state, metrics)``.
 
     The optimiser state is created with ``init_opt_state`` so that its moments are sharded like the
     parameters; the update runs where the shards live (no gather of the optimiser state).
     """
-    grad_fn = make_grad_fn(sharded, aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef)
+    grad_fn = make_grad_fn(sharded, aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef, remat=remat)
     import optax
 
     def step(params, rest, opt_state, batch, router_key):
