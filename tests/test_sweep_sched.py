@@ -10,6 +10,7 @@ import os
 import pytest
 
 import moelab.results
+from moelab.cli import main
 from moelab.sweep.scheduler import run_sweep
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_summary
@@ -49,7 +50,7 @@ def folders(root, s):
     return {t.point.get("seed", 0): root / s.name / "runs" / t.run_id for t in s.trials()}
 
 
-def test_failed_runs_are_recorded_held_and_rerun_only_when_asked(tmp_path):
+def test_failed_runs_are_recorded_held_and_rerun_only_when_asked(tmp_path, capsys):
     s = spec("fails", seeds=(0, 13))
     out = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
     assert (out["succeeded"], out["failed"]) == (1, 1)
@@ -59,6 +60,13 @@ def test_failed_runs_are_recorded_held_and_rerun_only_when_asked(tmp_path):
     assert "RuntimeError" in (runs[13] / "trial.log").read_text()
     table = moelab.results.load(tmp_path / "fails").set_index("run_id")
     assert table.loc[runs[13].name, "status"] == "failed" and "injected" in table.loc[runs[13].name, "error"]
+
+    capsys.readouterr()
+    assert main(["sweep", "status", "fails", "--results", str(tmp_path)]) == 0
+    shown = capsys.readouterr()
+    assert runs[0].name in shown.out and runs[13].name in shown.out and "failed 1, succeeded 1" in shown.out
+    assert f"{runs[13].name} failed: RuntimeError: injected failure" in shown.err
+    assert main(["sweep", "status", "nope", "--results", str(tmp_path)]) == 2
 
     stamp = {p: p.stat().st_mtime_ns for p in runs[13].rglob("*")}
     again = run_sweep(s, tmp_path, trainer=TRAINER, live=False)
