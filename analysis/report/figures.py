@@ -457,7 +457,8 @@ def extrapolation(
                 "--",
                 color="C3",
                 lw=1.4,
-                label=paper.get("label", "paper's law"),
+                label=f"{paper.get('label', 'paper')}: {name} = "
+                f"{paper[f'{col}_coef']:g}·C^{paper[f'{col}_exp']:g}",
             )
         if points is not None and col in points:
             ax.plot(points["flops"], points[col], "o", color="k", ms=4, label="IsoFLOP minima (this sweep)")
