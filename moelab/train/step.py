@@ -85,12 +85,15 @@ def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
             params, rest, batch, key
         )
         grad_norm = optax.global_norm(grads)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
         ok = jnp.isfinite(total) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-        params = jax.tree.map(keep, new_params, params)
-        opt_state = jax.tree.map(keep, new_opt, opt_state)
+
+        def apply(args):
+            params, opt_state = args
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # one branch runs: a bad step costs nothing and leaves params and optimiser state as they were
+        params, opt_state = jax.lax.cond(ok, apply, lambda args: args, (params, opt_state))
         first_bad = jnp.where((first_bad < 0) & ~ok, step, first_bad)
         load = stats.get("load") if isinstance(stats, dict) else getattr(stats, "load", None)
         load = jnp.ones((1, 1), jnp.float32) if load is None else jnp.asarray(load, jnp.float32)
