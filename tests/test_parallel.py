@@ -157,7 +157,11 @@ WORKER = textwrap.dedent("""
     x = jax.make_array_from_process_local_data(
         jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))), jnp.full((2,), jax.process_index() + 1.0))
     total = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(mesh, jax.P()))(x)
-    print("OK", jax.process_index(), jax.process_count(), jax.device_count(), float(total), flush=True)
+    line = f"OK {jax.process_index()} {jax.process_count()} {jax.device_count()} {float(total)}"
+    print(line, flush=True)
+    if os.environ.get("WORKER_OUT"):
+        with open(os.path.join(os.environ["WORKER_OUT"], f"{jax.process_index()}.txt"), "w") as f:
+            f.write(line)
     jax.distributed.shutdown()
 """)
 
@@ -212,3 +216,26 @@ def test_layer_checkpoint_follows_the_context_and_keeps_gradients(policy):
     assert ("remat" in jaxpr or "checkpoint" in jaxpr) == (policy != "none")
     with pytest.raises(ConfigError, match="remat must be one of"), use_remat("sometimes"):
         pass
+
+
+def test_launch_on_ray_joins_one_jax_cluster(tmp_path):
+    """The Ray launcher on a local Ray: two 'hosts' (SPREAD, no GPUs) each run the worker, which joins one
+    JAX cluster through the MOELAB_* variables the launcher sets and reduces over both processes."""
+    import ray
+
+    from moelab.parallel.ray_launch import launch_on_ray
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")
+    try:
+        codes = launch_on_ray([sys.executable, str(script)], hosts=2, gpus_per_host=0, strategy="SPREAD",
+                              env={"WORKER_OUT": str(tmp_path)}, cwd=str(tmp_path), timeout_s=120)
+    finally:
+        ray.shutdown()
+    assert codes == [0, 0]
+    got = sorted((tmp_path / f"{i}.txt").read_text().split() for i in range(2))
+    assert got == [["OK", str(i), "2", "4", "6.0"] for i in range(2)]
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        launch_on_ray(["true"], hosts=1, strategy="RANDOM")
