@@ -40,21 +40,39 @@ class Solution:
 
 
 def two_loop(g, S, Y, rho, count, xp):
-    """H·g by the L-BFGS two-loop recursion; S, Y hold the newest pair at index 0, ``count`` valid pairs."""
+    """H·g by the L-BFGS two-loop recursion; S, Y hold the newest pair at index 0, ``count`` valid pairs.
+
+    ``xp`` is numpy or jax.numpy; with jax the loops are ``lax.fori_loop`` (a small compiled program).
+    """
     m = S.shape[0]
-    q = g
-    alphas = []
-    for i in range(m):
-        a = xp.where(i < count, rho[i] * xp.dot(S[i], q), 0.0)
-        q = q - a * Y[i]
-        alphas.append(a)
+    valid = xp.arange(m) < count
     yy = xp.dot(Y[0], Y[0])
     gamma = xp.where(count > 0, xp.dot(S[0], Y[0]) / xp.where(yy > 0, yy, 1.0), 1.0)
-    r = gamma * q
-    for i in reversed(range(m)):
-        b = xp.where(i < count, rho[i] * xp.dot(Y[i], r), 0.0)
-        r = r + xp.where(i < count, alphas[i] - b, 0.0) * S[i]
-    return r
+    if xp is np:
+        q, alphas = g.copy(), np.zeros(m)
+        for i in range(m):
+            alphas[i] = rho[i] * np.dot(S[i], q) if valid[i] else 0.0
+            q = q - alphas[i] * Y[i]
+        r = gamma * q
+        for i in reversed(range(m)):
+            if valid[i]:
+                r = r + (alphas[i] - rho[i] * np.dot(Y[i], r)) * S[i]
+        return r
+    import jax
+
+    def first(i, c):
+        q, al = c
+        a = xp.where(valid[i], rho[i] * xp.dot(S[i], q), 0.0)
+        return q - a * Y[i], al.at[i].set(a)
+
+    q, alphas = jax.lax.fori_loop(0, m, first, (g, xp.zeros(m, g.dtype)))
+
+    def second(j, r):
+        i = m - 1 - j
+        b = xp.where(valid[i], rho[i] * xp.dot(Y[i], r), 0.0)
+        return r + xp.where(valid[i], alphas[i] - b, 0.0) * S[i]
+
+    return jax.lax.fori_loop(0, m, second, gamma * q)
 
 
 @lru_cache(maxsize=64)
@@ -97,10 +115,10 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
         )
         t_shrunk = jnp.clip(t_q, 0.1 * t, 0.5 * t)
         nback = jnp.where(ok, 0, st["nback"] + 1)
-        small_f = ok & (f - ft <= ftol * jnp.abs(f))
+        small_f = ok & jnp.isfinite(f) & (f - ft <= ftol * jnp.abs(f))
         pg = jnp.max(jnp.abs(jnp.clip(x1 - g1, lo, hi) - x1))
         conv = (pg <= gtol) | small_f
-        failed = nback > MAX_BACKTRACKS
+        failed = (nback > MAX_BACKTRACKS) | (~jnp.isfinite(f) & ~ok)
         return dict(
             x=x1,
             f=f1,
@@ -129,40 +147,32 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
         st, _ = jax.lax.while_loop(cond, body, (state, 0))
         return st
 
-    def init(x0, lo, hi, *args):
-        x0 = jnp.clip(x0, lo, hi)
-        f, g = vg(x0, *args)
-        P = x0.shape[0]
-        S = jnp.zeros((HISTORY, P))
-        d, t = direction(g, S, S, jnp.zeros(HISTORY), 0)
-        finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
-        return dict(
-            x=x0,
-            f=jnp.where(finite, f, jnp.inf),
-            g=jnp.where(finite, g, 0.0),
-            S=S,
-            Y=S,
-            rho=jnp.zeros(HISTORY),
-            count=jnp.asarray(0),
-            d=d,
-            t=t,
-            nback=jnp.asarray(0),
-            it=jnp.asarray(0),
-            done=~finite,
-            conv=jnp.asarray(False),
-        )
-
     vrun = jax.vmap(run, in_axes=(0, None, None, None, *in_axes))
-    vinit = jax.vmap(init, in_axes=(0, None, None, *in_axes))
-    return jax.jit(vinit), jax.jit(vrun, static_argnums=(3,))
+    return jax.jit(vrun, static_argnums=(3,))
 
 
-def _bucket(n: int, full: int) -> int:
-    """Batch size for n live lanes: ``full`` quartered while n fits, multiples of 8 (few compiled shapes)."""
-    b = full
-    while b > 8 and n <= (b + 3) // 4:
-        b = (b + 3) // 4
-    return max(8, -(-b // 8) * 8) if b < full else full
+SLOTS = 512  # lanes per compiled batch; more starts stream through the slots as earlier ones finish
+
+
+def fresh_state(x0: np.ndarray, dtype) -> dict[str, np.ndarray]:
+    """Host state of lanes that have not been evaluated yet: f = inf and t = 0, so the first iteration
+    evaluates f and g at x0 and accepts them (s = 0 stores no curvature pair)."""
+    B, P = x0.shape
+    return dict(
+        x=x0.astype(dtype),
+        f=np.full(B, np.inf, dtype),
+        g=np.zeros((B, P), dtype),
+        S=np.zeros((B, HISTORY, P), dtype),
+        Y=np.zeros((B, HISTORY, P), dtype),
+        rho=np.zeros((B, HISTORY), dtype),
+        count=np.zeros(B, np.int32),
+        d=np.zeros((B, P), dtype),
+        t=np.zeros(B, dtype),
+        nback=np.zeros(B, np.int32),
+        it=np.zeros(B, np.int32),
+        done=np.zeros(B, bool),
+        conv=np.zeros(B, bool),
+    )
 
 
 def minimize_batch(
@@ -195,38 +205,42 @@ def minimize_batch(
     lo = np.full(P, -np.inf) if lower is None else np.asarray(lower, np.float64)
     hi = np.full(P, np.inf) if upper is None else np.asarray(upper, np.float64)
     np_args = [np.asarray(a, dtype=np.float64) for a in args]
+    dtype = np.float64 if x64 else np.float32
+    x0 = np.clip(x0, lo, hi)
     with jax.enable_x64(x64):
-        init, run = _compiled(fun, tuple(0 if b else None for b in batched), float(ftol), float(gtol))
-        jlo, jhi = jnp.asarray(lo), jnp.asarray(hi)
-
-        def lane_args(idx):
-            return [
-                jnp.asarray(a[idx]) if b else jnp.asarray(a) for a, b in zip(np_args, batched, strict=True)
-            ]
-
-        full = _bucket(M, M)
-        idx = np.concatenate([np.arange(M), np.zeros(full - M, np.int64)])
-        state = init(jnp.asarray(x0[idx]), jlo, jhi, *lane_args(idx))
-        out = {k: np.array(v)[:M] for k, v in state.items()}
-        out["x"], out["f"], out["g"] = (out[k].astype(np.float64) for k in ("x", "f", "g"))
-        active, B = np.arange(M), full
+        run = _compiled(fun, tuple(0 if b else None for b in batched), float(ftol), float(gtol))
+        jlo, jhi = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
+        shared = [None if b else jnp.asarray(a, dtype) for a, b in zip(np_args, batched, strict=True)]
+        B = min(SLOTS, -(-M // 8) * 8)
+        out = fresh_state(x0, dtype)
+        slot = np.full(B, -1)  # lane held by each slot (-1: idle)
+        state = fresh_state(np.repeat(x0[:1], B, axis=0), dtype)
+        state["done"][:] = True
+        queue = list(range(M - 1, -1, -1))  # popped from the end: lanes in order
         while True:
-            live = active[~out["done"][active] & (out["it"][active] < maxiter)]
-            if live.size == 0:
+            idle = np.flatnonzero(slot < 0)[: len(queue)]  # fill idle slots from the queue
+            if idle.size:
+                lanes = np.array([queue.pop() for _ in idle])
+                slot[idle] = lanes
+                for name, v in out.items():
+                    state[name][idle] = v[lanes]
+            busy = slot >= 0
+            if not busy.any():
                 break
-            nb = _bucket(live.size, B)
-            if nb != B or live.size != active.size:
-                B = nb
-                idx = np.concatenate([live, np.full(B - live.size, live[0])])
-                state = {k: jnp.asarray(v[idx]) for k, v in out.items()}
-                active = live
-            else:
-                idx = np.concatenate([active, np.full(B - active.size, active[0])])
-            steps = int(min(CHUNK, maxiter - int(out["it"][active].min())))
-            state = run(state, jlo, jhi, steps, *lane_args(idx))
-            host = {k: np.asarray(v) for k, v in state.items()}
-            for k, v in host.items():
-                out[k][active] = v[: active.size]
-    pg = np.max(np.abs(np.clip(out["x"] - out["g"], lo, hi) - out["x"]), axis=-1)
+            steps = int(min(CHUNK, maxiter - int(state["it"][busy].min())))
+            idx = np.where(busy, slot, slot[busy][0])
+            lane_args = [
+                jnp.asarray(a[idx], dtype) if sh is None else sh
+                for a, sh in zip(np_args, shared, strict=True)
+            ]
+            new = run({k: jnp.asarray(v) for k, v in state.items()}, jlo, jhi, max(steps, 1), *lane_args)
+            state = {k: np.array(v) for k, v in new.items()}
+            finished = busy & (state["done"] | (state["it"] >= maxiter))
+            for name, v in state.items():
+                out[name][slot[busy]] = v[busy]
+            slot[finished] = -1
+            state["done"][finished] = True
+    x, g = out["x"].astype(np.float64), out["g"].astype(np.float64)
+    pg = np.max(np.abs(np.clip(x - g, lo, hi) - x), axis=-1)
     f = np.where(np.isfinite(out["f"]), out["f"], np.inf)
-    return Solution(x=out["x"], f=f, grad_norm=pg, iterations=out["it"], converged=out["conv"])
+    return Solution(x=x, f=f.astype(np.float64), grad_norm=pg, iterations=out["it"], converged=out["conv"])
