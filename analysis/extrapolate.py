@@ -2,8 +2,8 @@
 
 Reports the predicted loss with its bootstrap interval, and at the preset's compute the compute-optimal
 activated size and tokens under the fitted law, beside Hunyuan-Large's own law (Tencent 2024,
-arXiv 2411.02265): N_opt = 5.9e-3 C^0.5305, D_opt = 3.2 C^0.50 with C = 9.59 N D + 2.3e8 D (their compute model, used here only
-for this comparison).
+arXiv 2411.02265): N_opt = 5.9e-3 C^0.5305, D_opt = 3.2 C^0.50 with C = 9.59 N D + 2.3e8 D (their compute
+model, used here only for this comparison).
 """
 
 from __future__ import annotations
