@@ -31,7 +31,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="bootstrap resamples for the report's intervals (default: the analysis package's)",
+        help="bootstrap resamples per law for the report's intervals (default: 100)",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=None,
+        metavar="S",
+        help="cap on each law's grid of L-BFGS starts (default: the law's full grid)",
+    )
+    parser.add_argument(
+        "--laws",
+        default=None,
+        metavar="A,B",
+        help="comma-separated laws to fit (default: every registered law)",
     )
 
 
@@ -60,6 +73,11 @@ def _sweep_api():
 
 
 def run(args: argparse.Namespace) -> int:
+    from analysis.report.cli import _check_count, _laws
+
+    _check_count(args.bootstrap, "--bootstrap", 0)
+    _check_count(args.starts, "--starts", 1)
+    laws = _laws(args.laws)
     sweep_file = find_sweep_file(args.sweep)
     SweepSpec, run_sweep = _sweep_api()
     t0 = time.perf_counter()
@@ -70,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from analysis.report.build import build_report
 
-    folder, summary = build_report(root, n_boot=args.bootstrap)
+    folder, summary = build_report(root, n_boot=args.bootstrap, max_starts=args.starts, laws=laws)
     report_s = time.perf_counter() - t0 - sweep_s
     trained = outcome.get("trained", 0)
     print(

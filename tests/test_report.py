@@ -161,8 +161,22 @@ def test_sections_shown_for_the_data(report):
     root, folder, _ = report
     html = (folder / "index.html").read_text()
     ids = re.findall(r'<section id="([a-z]+)">', html)
-    for must in ("sweep", "curves", "compute", "isoflop", "moe", "router", "repro"):
-        assert must in ids, ids
+    want = [
+        "sweep",
+        "curves",
+        "compute",
+        "isoflop",
+        "moe",
+        "heldout",
+        "params",
+        "extrapolation",
+        "router",
+        "repro",
+    ]
+    assert ids == want
+    # failed and diverged runs are listed in the sweep table, not silently dropped
+    sweep_html = html[html.index('<section id="sweep">') : html.index('<section id="curves">')]
+    assert "<td>failed</td>" in sweep_html and "<td>diverged</td>" in sweep_html
     # every section has its one-sentence reading guide
     assert html.count('<p class="lead">') == len(ids)
     fits = json.loads((folder / "fits.json").read_text())

@@ -43,7 +43,7 @@ def _load_table(root: Path) -> pd.DataFrame:
     try:
         from analysis import load_runs  # type: ignore[attr-defined]
 
-        return load_runs(root)
+        return load_runs(root, succeeded_only=False)  # the sweep table shows failed and diverged runs too
     except ImportError:
         pass
     try:
