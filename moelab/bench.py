@@ -1,0 +1,228 @@
+"""``moelab bench step``: throughput of a full training step and model FLOP utilisation (MFU).
+
+A step is forward, backward and an optax AdamW update of ``moelab.model.Transformer`` on random tokens, jitted
+with donated buffers. Reported per model:
+
+- ``tokens_per_s`` = batch · seq_len / step time (best of ``--rounds`` timed rounds of ``--steps`` steps);
+- ``flops_per_s`` = ``moelab.accounting.train_flops_per_token(cfg, seq_len)`` · tokens_per_s (model FLOPs: the
+  capacity padding, dispatch and optimiser work are not counted, as in PaLM's MFU, Chowdhery et al. 2022);
+- ``mfu`` = flops_per_s / the float32 matmul peak XLA reaches on this machine, measured in the same run
+  between the timed rounds (best of square products of size 1024 and 2048);
+- for an MoE, ``moe_dense_ratio`` = MoE step time / the step time of its dense twin at equal activated
+  parameters (same attention, one FFN of width top_k·d_expert + n_shared·d_shared), the two timed in
+  alternating rounds so that both see the same machine load.
+
+``--target moe-ratio`` and ``--target dense-mfu`` are the two benchmarks of issue 3 (see docs/model.md);
+without a target or model flags both run. ``--json PATH`` writes the results atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from moelab.errors import MoelabError
+
+TARGETS = {
+    # issue 3: MoE (8 experts, top-2, width 1024, capacity 1.25) vs dense width 2048; limit 1.10
+    "moe-ratio": dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=64, n_experts=8, top_k=2,
+                      d_expert=1024, capacity_factor=1.25, seq_len=256, batch=16),
+    # issue 3: dense d_model 512, width 2048; MFU >= 50% of the XLA float32 matmul peak
+    "dense-mfu": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=64, n_experts=1, top_k=1,
+                      d_expert=2048, seq_len=256, batch=16),
+}  # fmt: skip
+MODEL_FLAGS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "n_experts", "top_k", "d_expert",
+               "n_shared_experts", "d_shared", "capacity_factor", "dispatch", "overflow", "cla_share",
+               "vocab_size")  # fmt: skip
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+    p = sub.add_parser(
+        "step", help="tokens/s, FLOP/s and MFU of a training step; MoE / dense step-time ratio"
+    )
+    p.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        action="append",
+        help="one of issue 3's benchmarks (repeatable; default: both unless a model is given)",
+    )
+    p.add_argument("--preset", help="a named model (moelab.presets), e.g. moe8-1m")
+    for name in MODEL_FLAGS:
+        kind = float if name == "capacity_factor" else str if name in ("dispatch", "overflow") else int
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=f"ModelConfig.{name}")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed round (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds; the best counts (default 3)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense twin of an MoE model")
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        action="append",
+        dest="peak_sizes",
+        help="matrix size of the matmul peak (repeatable; default 1024 and 2048)",
+    )
+    p.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from moelab.config import ModelConfig
+    from moelab.presets import get_preset
+
+    for name in ("seq_len", "batch", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    flags = {n: getattr(args, n) for n in MODEL_FLAGS if getattr(args, n) is not None}
+    jobs: list[tuple[str, ModelConfig, int, int]] = []
+    if args.preset or flags:
+        base = get_preset(args.preset) if args.preset else ModelConfig()
+        cfg = base.replace(**flags, max_seq_len=max(base.max_seq_len, args.seq_len))
+        jobs.append((args.preset or "custom", cfg, args.seq_len, args.batch))
+    for target in args.target or ([] if jobs else sorted(TARGETS)):
+        spec = dict(TARGETS[target])
+        seq, batch = spec.pop("seq_len"), spec.pop("batch")
+        jobs.append((target, ModelConfig(vocab_size=256, max_seq_len=seq, **spec), seq, batch))
+
+    sizes = tuple(args.peak_sizes or (1024, 2048))
+    if min(sizes) < 1:
+        raise MoelabError(f"--peak-size must be >= 1, got {min(sizes)}")
+    results = {"benchmarks": []}
+    for name, cfg, seq, batch in jobs:
+        res = bench_step(cfg, seq, batch, args.steps, args.rounds, sizes, dense_twin=not args.no_dense)
+        res["name"] = name
+        results["benchmarks"].append(res)
+        _print(res)
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
+def matmul_peak(sizes=(1024, 2048), repeats: int = 5) -> float:
+    """Best float32 FLOP/s of a jitted square matrix product over ``sizes``."""
+    import jax
+    import jax.numpy as jnp
+
+    best = 0.0
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        f = jax.jit(jnp.matmul)
+        f(a, b).block_until_ready()
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(a, b).block_until_ready()
+            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def dense_twin(cfg):
+    """The dense model at equal activated parameters (router aside): one FFN of the activated width."""
+    return cfg.replace(n_experts=1, top_k=1, n_shared_experts=0, d_shared=0,
+                       d_expert=cfg.top_k * cfg.d_expert + cfg.n_shared_experts * cfg.d_shared)  # fmt: skip
+
+
+def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
+    """(step, state): a jitted AdamW training step on random tokens and its initial (params, opt_state)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from moelab.model import Transformer
+
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adamw(lr, weight_decay=0.1)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, tokens, key):
+        logits, stats = nnx.merge(graphdef, params)(tokens, router_key=key)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+        return ce + cfg.aux_loss_coef * stats["aux_loss"] + cfg.z_loss_coef * stats["z_loss"]
+
+    @jax.jit
+    def step(state, tokens, key):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    step = jax.jit(step.__wrapped__, donate_argnums=0)
+    tokens = jax.random.randint(jax.random.key(1), (batch, seq_len), 0, cfg.vocab_size, dtype=jnp.int32)
+    return step, (params, opt_state), tokens
+
+
+def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dense_twin: bool = True) -> dict:
+    """Time the model (and its dense twin for an MoE) and the matmul peak in alternating rounds, so that all
+    see the same machine load; the best round of each counts. See the module docstring."""
+    import jax
+
+    from moelab.accounting import param_counts, train_flops_per_token
+
+    models = {"model": cfg}
+    if cfg.is_moe and dense_twin:
+        models["dense"] = globals()["dense_twin"](cfg)
+    runs = {}
+    for key, c in models.items():
+        step, state, tokens = make_step(c, seq_len, batch)
+        t0 = time.perf_counter()
+        state, loss = step(state, tokens, jax.random.key(0))
+        loss.block_until_ready()
+        runs[key] = dict(step=step, state=state, tokens=tokens, compile_s=time.perf_counter() - t0, best=1e30)
+    peak = 0.0
+    for r in range(rounds):
+        peak = max(peak, matmul_peak(peak_sizes, repeats=2))
+        for run_ in runs.values():
+            state = run_["state"]
+            t0 = time.perf_counter()
+            for i in range(steps):
+                state, loss = run_["step"](state, run_["tokens"], jax.random.key(r * steps + i))
+            loss.block_until_ready()
+            run_["best"] = min(run_["best"], (time.perf_counter() - t0) / steps)
+            run_["state"] = state
+            run_["loss"] = float(loss)
+    out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "config": cfg.to_dict()}
+    for key, c in models.items():
+        t = runs[key]["best"]
+        tps = batch * seq_len / t
+        flops = train_flops_per_token(c, seq_len) * tps
+        out[key] = dict(step_s=t, tokens_per_s=tps, flops_per_s=flops, mfu=flops / peak,
+                        compile_s=runs[key]["compile_s"], loss=runs[key]["loss"],
+                        active_params=param_counts(c).active, total_params=param_counts(c).total)  # fmt: skip
+    if "dense" in out:
+        out["moe_dense_ratio"] = out["model"]["step_s"] / out["dense"]["step_s"]
+    return out
+
+
+def _print(res: dict) -> None:
+    print(
+        f"{res['name']}: batch {res['batch']} x seq {res['seq_len']}; "
+        f"XLA float32 matmul peak {res['matmul_peak_flops'] / 1e9:.1f} GFLOP/s"
+    )
+    for key in ("model", "dense"):
+        if key in res:
+            m = res[key]
+            print(f"  {key:5s} step {m['step_s'] * 1e3:8.1f} ms  {m['tokens_per_s']:9.0f} tokens/s  "
+                  f"{m['flops_per_s'] / 1e9:6.1f} GFLOP/s  MFU {100 * m['mfu']:5.1f}%  "
+                  f"active {m['active_params'] / 1e6:.2f}M  (compile {m['compile_s']:.1f} s)")  # fmt: skip
+    if "moe_dense_ratio" in res:
+        print(f"  MoE / dense step time: {res['moe_dense_ratio']:.3f}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
