@@ -164,3 +164,21 @@ def test_cli_plan_argparse_error_exits_2(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["plan", "--preset", "hunyuan-large", "--chips", "8", "--chip", "a100"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_gathered_layer_weights():
+    """After the FSDP all-gather a layer keeps only the expert split of routed experts (and of the router's
+    experts axis) and the tensor split; everything else is whole."""
+    from moelab.parallel.planner import gathered_layer_params
+
+    c = param_counts(HY)
+    L = HY.n_layers
+    routed, router = c.routed_experts / L, c.router / L
+    norms = (c.norms - HY.d_model) / L  # the final norm is not per layer
+    dense = (c.total - c.routed_experts - c.router - HY.d_model) / L - norms
+    assert gathered_layer_params(HY, MeshShape(fsdp=8, expert=16)) == pytest.approx(
+        (routed + router) / 16 + dense + norms, abs=1)
+    # tensor 8 divides a dimension of every matrix of hunyuan-large (heads 80, kv_heads 8, mlp 18304); the
+    # router's experts axis is not a tensor axis
+    assert gathered_layer_params(HY, MeshShape(fsdp=2, expert=4, tensor=8)) == pytest.approx(
+        routed / 32 + router / 4 + dense / 8 + norms, abs=1)

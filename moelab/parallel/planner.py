@@ -106,12 +106,14 @@ def local_params(cfg: ModelConfig, mesh: MeshShape) -> int:
 
 
 def gathered_layer_params(cfg: ModelConfig, mesh: MeshShape) -> int:
-    """One layer's parameters after the FSDP all-gather: only the expert and tensor cuts remain."""
+    """One layer's parameters after the FSDP all-gather: the ZeRO cuts of d_model (over fsdp, and over expert
+    for dense weights) are gathered; the expert split of routed experts and the tensor split remain."""
     sizes = {"expert": mesh.expert, "tensor": mesh.tensor}
+    gathered_rules = {**PARAM_RULES, "embed": ()}
     total = 0
     for p in param_groups(cfg):
         if p.per_layer:
-            total += math.prod(local_shape(p.shape, p.axes, sizes, PARAM_RULES)) * p.count / cfg.n_layers
+            total += math.prod(local_shape(p.shape, p.axes, sizes, gathered_rules)) * p.count / cfg.n_layers
     return int(total)
 
 
