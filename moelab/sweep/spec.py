@@ -66,12 +66,12 @@ ESTIMATE_KEYS = ("flops_per_s", "overhead_s")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _INT_AXES = ("n_experts", "top_k")
 
-#: Sustained training FLOP/s of one CPU core on the tiny models of the CPU ladder (measured 2026-11-28 on the
-#: 2-core machine; small matrices reach a fraction of XLA's 35 GFLOP/s matmul peak). Finished runs of the same
-#: sweep replace this guess in the plan (see moelab.sweep.plan.calibrate).
-DEFAULT_FLOPS_PER_S_PER_CPU = 2.0e9
-#: Per-trial fixed cost: worker start, JAX import, compilation (a warm persistent cache makes it smaller).
-DEFAULT_OVERHEAD_S = 8.0
+#: Sustained training FLOP/s of one CPU core on the tiny models of the CPU ladder: about 8.6e9 measured on the
+#: 2-core machine (2026-11-28, 3e4 activated, 4 experts, 1 thread, a loaded machine); 5e9 leaves room for
+#: smaller, less efficient shapes. Finished runs of the same sweep replace it (moelab.sweep.plan.calibrate).
+DEFAULT_FLOPS_PER_S_PER_CPU = 5.0e9
+#: Per-trial fixed cost: worker start, data preparation, compilation (less with a warm compilation cache).
+DEFAULT_OVERHEAD_S = 15.0
 
 
 @dataclass(frozen=True)
