@@ -107,3 +107,43 @@ def test_bad_input_exit_2_nothing_written(setup, tmp_path, capsys, monkeypatch):
         "holds a run with a different config (train.lr",
     )
     assert before == {p.name: p.read_bytes() for p in full.iterdir() if p.is_file()}
+
+
+def test_cli_builds_the_run_config(setup):
+    from moelab.cli import build_parser
+    from moelab.train.cli import build_run
+
+    root, cfg, _ = setup
+    args = build_parser("train").parse_args(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--out",
+            "x",
+            "--flops",
+            "1e12",
+            "--set",
+            "train.lr=2e-3",
+            "--set",
+            "model.top_k=2",
+            "--seed",
+            "7",
+        ]
+    )
+    run = build_run(args)
+    assert run.train.flops == 1e12 and run.train.tokens is None and run.train.lr == 2e-3
+    assert run.model.top_k == 2 and run.train.seed == 7
+    args = build_parser("train").parse_args(
+        ["train", "--preset", "moe8-100k", "--tokens", "5e4", "--out", "x"]
+    )
+    run = build_run(args)
+    assert run.train.tokens == 50000 and run.model.n_experts == 8
+
+
+def test_yaml_config_reads_exponent_floats(tmp_path):
+    from moelab.train.config import load_run_config
+
+    (tmp_path / "r.yaml").write_text("model: moe8-100k\ntrain:\n  lr: 3e-3\n  tokens: 1000\n  seq_len: 32\n")
+    run = load_run_config(tmp_path / "r.yaml")
+    assert run.train.lr == 3e-3 and run.train.tokens == 1000

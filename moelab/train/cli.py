@@ -41,10 +41,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def build_run(args):
-    import yaml
-
     from moelab.errors import ConfigError
-    from moelab.train.config import RunConfig, load_run_config
+    from moelab.train.config import RunConfig, load_run_config, yaml_load
 
     if args.config:
         run = load_run_config(args.config)
@@ -62,7 +60,7 @@ def build_run(args):
             raise ConfigError(
                 f"--set {item!r}: {section} has no field {field!r}; allowed: {', '.join(d[section])}"
             )
-        d[section][field] = yaml.safe_load(value)
+        d[section][field] = yaml_load(value)
     if args.corpus:
         d["data"]["corpus"] = args.corpus
     if args.seed is not None:

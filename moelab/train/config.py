@@ -253,6 +253,26 @@ class RunConfig:
         return dataclasses.replace(self, **sections)
 
 
+def yaml_load(text: str):
+    """``yaml.safe_load`` that reads ``1e-3`` as a float (PyYAML follows YAML 1.1: a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+            r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        list("-+0123456789."),
+    )
+    return yaml.load(text, Loader=Loader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """A RunConfig from a JSON or YAML file ({model: {...} | "preset", data: {...}, train: {...}})."""
     path = Path(path)
@@ -261,9 +281,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     text = path.read_text()
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = yaml_load(text)
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001
