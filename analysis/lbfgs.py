@@ -3,7 +3,7 @@
 A scaling-law fit is a 5-11 parameter problem on a few hundred points, solved from thousands of starting
 points (Hoffmann et al. 2022 use a 4,500-point grid) and refitted a thousand times for the bootstrap. One
 SciPy call per start costs minutes; here every start is one lane of a ``jax.vmap`` over a ``lax.while_loop``,
-with exact gradients from ``jax.value_and_grad``, in float64.
+with exact gradients from ``jax.value_and_grad``, in float64 (or float32 for a coarse pass).
 
 The algorithm is textbook L-BFGS (Nocedal & Wright 2006, Algorithms 7.4/7.5: two-loop recursion with H0 = (s'y
 / y'y) I, curvature pairs with s'y <= 1e-10 |y|^2 skipped) with a projected backtracking Armijo line search
@@ -11,8 +11,11 @@ The algorithm is textbook L-BFGS (Nocedal & Wright 2006, Algorithms 7.4/7.5: two
 in lock-step, each loop iteration makes exactly one function evaluation per lane: a rejected trial shrinks the
 step and tries again at the next iteration, so one lane that backtracks does not make all others wait. A lane
 stops when its projected gradient is below ``gtol``, its accepted step lowers the objective by less than
-``ftol * |f|`` (as SciPy's L-BFGS-B ``factr``), or 25 backtracks fail. The host runs the loop in chunks and
-packs the lanes still running into a smaller batch, so a few slow lanes do not hold the whole batch.
+``ftol * |f|`` (as SciPy's L-BFGS-B ``factr``), or 25 backtracks fail along steepest descent (a failure along
+the L-BFGS direction first clears the memory). Variables held at a bound by their gradient are fixed when the
+direction is computed (projected L-BFGS). Lanes stream through a fixed batch of ``SLOTS`` compiled lanes:
+the host runs ``CHUNK`` iterations, then refills the slots of finished lanes with waiting starts, so one
+compiled shape serves any number of starts and a few slow lanes do not hold the rest.
 """
 
 from __future__ import annotations
@@ -83,11 +86,14 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
 
     vg = jax.value_and_grad(fun)
 
-    def direction(g, S, Y, rho, count):
-        d = -two_loop(g, S, Y, rho, count, jnp)
-        bad = ~(jnp.dot(g, d) < 0) | ~jnp.all(jnp.isfinite(d))
-        d = jnp.where(bad, -g, d)
-        gn = jnp.sqrt(jnp.dot(g, g))
+    def direction(g, S, Y, rho, count, x, lo, hi):
+        # variables held at a bound by the gradient stay fixed (projected L-BFGS on the free variables)
+        free = ~((x <= lo) & (g > 0)) & ~((x >= hi) & (g < 0))
+        gf = jnp.where(free, g, 0.0)
+        d = jnp.where(free, -two_loop(gf, S, Y, rho, count, jnp), 0.0)
+        bad = ~(jnp.dot(gf, d) < 0) | ~jnp.all(jnp.isfinite(d))
+        d = jnp.where(bad, -gf, d)
+        gn = jnp.sqrt(jnp.dot(gf, gf))
         t = jnp.where(bad | (count == 0), jnp.minimum(1.0, 1.0 / jnp.maximum(gn, 1e-30)), 1.0)
         return d, t
 
@@ -106,7 +112,7 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
         rho = jnp.where(push, jnp.roll(st["rho"], 1).at[0].set(1.0 / jnp.where(push, sy, 1.0)), st["rho"])
         count = jnp.where(push, jnp.minimum(st["count"] + 1, S.shape[0]), st["count"])
         x1, f1, g1 = jnp.where(ok, xt, x), jnp.where(ok, ft, f), jnp.where(ok, gt, g)
-        d_new, t_new = direction(g1, S, Y, rho, count)
+        d_new, t_new = direction(g1, S, Y, rho, count, x1, lo, hi)
         # rejected: shrink the step (safeguarded quadratic interpolation of f along d)
         gd = jnp.dot(g, d)
         denom = 2.0 * (ft - f - gd * t)
@@ -115,6 +121,11 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
         )
         t_shrunk = jnp.clip(t_q, 0.1 * t, 0.5 * t)
         nback = jnp.where(ok, 0, st["nback"] + 1)
+        # a line search that fails along the L-BFGS direction restarts once from steepest descent
+        restart = (nback > MAX_BACKTRACKS) & (count > 0)
+        d_sd, t_sd = direction(g, S, Y, rho, 0, x, lo, hi)
+        count = jnp.where(restart, 0, count)
+        nback = jnp.where(restart, 0, nback)
         small_f = ok & jnp.isfinite(f) & (f - ft <= ftol * jnp.abs(f))
         pg = jnp.max(jnp.abs(jnp.clip(x1 - g1, lo, hi) - x1))
         conv = (pg <= gtol) | small_f
@@ -127,8 +138,8 @@ def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
             Y=Y,
             rho=rho,
             count=count,
-            d=jnp.where(ok, d_new, d),
-            t=jnp.where(ok, t_new, t_shrunk),
+            d=jnp.where(ok, d_new, jnp.where(restart, d_sd, d)),
+            t=jnp.where(ok, t_new, jnp.where(restart, t_sd, t_shrunk)),
             nback=nback,
             it=st["it"] + 1,
             done=conv | failed,

@@ -1,4 +1,4 @@
-"""Synthetic runs tables for the analysis tests: losses from a law's known parameters times log-normal noise."""
+"""Synthetic runs tables for the analysis tests: a law's losses at known parameters times log-normal noise."""
 
 from __future__ import annotations
 
@@ -47,5 +47,6 @@ def moe_runs() -> pd.DataFrame:
     df = grid_runs(active_params=np.logspace(7, 9, 4), tokens=np.logspace(9, 11, 4), n_experts=[1, 4, 16, 64])
     df["granularity"] = np.where(df["n_experts"] > 1, np.log2(df["n_experts"]), 1.0)
     rng = np.random.default_rng(1)
-    df["shared_ratio"] = np.where(df["n_experts"] > 1, rng.choice([0.0, 0.25, 0.5, 0.75], size=len(df)), np.nan)
+    r = rng.choice([0.0, 0.25, 0.5, 0.75], size=len(df))
+    df["shared_ratio"] = np.where(df["n_experts"] > 1, r, np.nan)
     return df

@@ -1,4 +1,4 @@
-"""Bootstrap: 95% percentile intervals cover the truth in >= 90 of 100 seeded synthetic trials (chinchilla)."""
+"""Bootstrap: 95% percentile intervals cover the truth in >= 90 of 100 seeded trials (chinchilla)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_bootstrap_intervals_cover_truth_in_90_of_100_trials():
     t0 = law.from_params(truth)
     starts = np.stack([t0, t0 + np.array([2.0, -2.0, 0.3, 0.1, -0.1])])
     x0 = np.tile(starts, (TRIALS, 1))
-    sol = minimize_batch(f, x0, (X, np.repeat(logy, 2, 0), np.ones((2 * TRIALS, n))), (False, True, True), lo, hi)
+    args = (X, np.repeat(logy, 2, 0), np.ones((2 * TRIALS, n)))
+    sol = minimize_batch(f, x0, args, (False, True, True), lo, hi)
     best = np.argmin(sol.f.reshape(TRIALS, 2), axis=1)
     fitted = sol.x.reshape(TRIALS, 2, -1)[np.arange(TRIALS), best]
     # 2. bootstrap every trial from its own optimum: TRIALS * N_BOOT lanes in one batch

@@ -6,7 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
-from _analysis_helpers import CLARK_TRUE, GRAN_TRUE, JOINT_TRUE, SHARED_TRUE, chinchilla_runs, moe_runs, with_loss
+from _analysis_helpers import (
+    CLARK_TRUE,
+    GRAN_TRUE,
+    JOINT_TRUE,
+    SHARED_TRUE,
+    chinchilla_runs,
+    moe_runs,
+    with_loss,
+)
 
 import analysis
 
@@ -14,7 +22,7 @@ CASES = {
     # law: (true params, noise, {param: absolute tolerance or None for relative 5%})
     "granularity": (GRAN_TRUE, 0.002, {"alpha": 0.02, "beta": 0.02, "gamma": 0.15}),
     "clark": (CLARK_TRUE, 0.002, {"a": 0.005, "b": 0.02, "c": 0.003, "d": 0.05}),
-    "joint_moe": (JOINT_TRUE, 0.002, {"alpha": 0.03, "beta": 0.03, "delta": 0.1, "gamma": 0.01, "zeta": 0.01}),
+    "joint_moe": (JOINT_TRUE, 0.002, {"alpha": 0.03, "beta": 0.03, "delta": 0.1, "gamma": 0.01}),
     "shared_ratio": (SHARED_TRUE, 0.002, {"alpha": 0.03, "beta": 0.03, "kappa": 0.5, "r_star": 0.05}),
 }
 
