@@ -48,6 +48,7 @@ def fake_sweep(calls: list):
     return run_sweep
 
 
+@pytest.mark.slow  # fits a law (JAX compilation) twice
 def test_demo_reports_then_only_refreshes(tmp_path, monkeypatch, capsys):
     calls: list[bool] = []
     monkeypatch.setattr(demo, "_sweep_api", lambda: (FakeSpec, fake_sweep(calls)))

@@ -1,7 +1,8 @@
 """Every notebook executes, cell by cell, on a real ipykernel against a small results folder.
 
-The folder is a real fast sweep when the sweep package and trainer can run here (tests/_report_helpers.py),
-else the synthetic one; MOELAB_RESULTS points the notebooks at it. Notebooks are committed without outputs.
+The folder is made by a fast real sweep (six tiny MoE models trained on an embedded Ray; see
+tests/_report_helpers.py), or the synthetic one where the sweep package is absent; MOELAB_RESULTS points the
+notebooks at it. Notebooks are committed without outputs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _report_helpers import REPO, synthetic_results
+from _report_helpers import REPO, notebook_results
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 EXPECTED = ["01_sweep_overview.ipynb", "02_fit_scaling_laws.ipynb", "03_extrapolate_to_389B.ipynb"]
@@ -53,9 +54,10 @@ def test_the_three_notebooks_exist_without_outputs():
 
 @pytest.fixture(scope="module")
 def results_for_notebooks(tmp_path_factory):
-    return synthetic_results(tmp_path_factory)
+    return notebook_results(tmp_path_factory)
 
 
+@pytest.mark.slow  # the first one pays for the fast real sweep (~40 s idle, minutes on a loaded machine)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, results_for_notebooks, tmp_path, monkeypatch):
     import nbformat

@@ -132,6 +132,7 @@ def test_grid_has_every_arm():
 
 
 # ---------------------------------------------------------------- the report folder
+@pytest.mark.slow  # the module's report fits two laws with a bootstrap (JAX compilation)
 def test_report_folder_is_complete_and_self_contained(report):
     root, folder, summary = report
     assert folder == root / "report"
@@ -157,6 +158,7 @@ def test_report_folder_is_complete_and_self_contained(report):
         assert line in html
 
 
+@pytest.mark.slow
 def test_sections_shown_for_the_data(report):
     root, folder, _ = report
     html = (folder / "index.html").read_text()
