@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moelab.config import ModelConfig
-from moelab.model.layers import RMSNorm, param, rope
+from moelab.model.layers import RMSNorm, matmul, param, rope
 
 
 class Attention(nnx.Module):
@@ -41,22 +41,25 @@ class Attention(nnx.Module):
         cfg, dt = self.cfg, x.dtype
         b, t, _ = x.shape
         positions = jnp.arange(t)
-        q = rope(jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt)), positions, cfg.rope_theta)
+        q = rope(matmul(x, self.q[...].astype(dt)), positions, cfg.rope_theta)
         if cfg.qk_norm:
             q = self.q_norm(q)
         if self.has_kv:
-            k = rope(jnp.einsum("btd,dgk->btgk", x, self.k[...].astype(dt)), positions, cfg.rope_theta)
-            v = jnp.einsum("btd,dgk->btgk", x, self.v[...].astype(dt))
+            k = rope(matmul(x, self.k[...].astype(dt)), positions, cfg.rope_theta)
+            v = matmul(x, self.v[...].astype(dt))
             if cfg.qk_norm:
                 k = self.k_norm(k)
         else:
             assert kv is not None, "a layer without K/V projections needs the previous layer's K/V"
             k, v = kv
         g, hd = cfg.n_kv_heads, cfg.head_dim
-        q = q.reshape(b, t, g, cfg.n_heads // g, hd)
-        scores = jnp.einsum("btgrk,bsgk->bgrts", q, k).astype(jnp.float32) * hd**-0.5
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        r = cfg.n_heads // g
+        # [B, G, R*T, hd] queries against [B, G, S, hd] keys: plain batched matmuls (R query heads per group)
+        qg = q.reshape(b, t, g, r, hd).transpose(0, 2, 3, 1, 4).reshape(b, g, r * t, hd)
+        kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        scores = jnp.einsum("bgqk,bgsk->bgqs", qg, kg).astype(jnp.float32) * hd**-0.5
+        causal = jnp.tile(jnp.tril(jnp.ones((t, t), dtype=bool)), (r, 1))  # [R*T, S]
         scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bgrts,bsgk->btgrk", probs, v).reshape(b, t, cfg.n_heads, hd)
-        return jnp.einsum("bthk,hkd->btd", out, self.o[...].astype(dt)), (k, v)
+        out = jnp.einsum("bgqs,bgsk->bgqk", probs, vg).reshape(b, g, r, t, hd).transpose(0, 3, 1, 2, 4)
+        return matmul(out.reshape(b, t, cfg.n_heads, hd), self.o[...].astype(dt), n_in=2), (k, v)

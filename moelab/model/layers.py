@@ -7,6 +7,8 @@ Every parameter is an ``nnx.Param`` whose ``out_sharding`` metadata holds its lo
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -56,9 +58,23 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
+def matmul(x: jax.Array, w: jax.Array, n_in: int = 1) -> jax.Array:
+    """``x[..., in...] @ w[in..., out...]`` as one 2-D product (``n_in`` contracted trailing axes of x).
+
+    XLA's CPU backend runs a 2-D ``[M, K] @ [K, N]`` dot on its fast matmul kernel, but a dot_general
+    contracting several axes (e.g. the weight gradient of ``btd,df->btf``, which contracts b and t) can fall
+    back to a slow loop, so every projection is flattened to 2-D here.
+    """
+    lead, k_shape = x.shape[: x.ndim - n_in], x.shape[x.ndim - n_in :]
+    out_shape = w.shape[n_in:]
+    k, m = math.prod(k_shape), math.prod(lead)
+    y = x.reshape(m, k) @ w.reshape(k, math.prod(out_shape))
+    return y.reshape(*lead, *out_shape)
+
+
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
     """SwiGLU feed-forward (Shazeer 2020): ``(silu(x W_gate) * (x W_up)) W_down``."""
-    return (jax.nn.silu(x @ gate) * (x @ up)) @ down
+    return matmul(jax.nn.silu(matmul(x, gate)) * matmul(x, up), down)
 
 
 class SwiGLU(nnx.Module):

@@ -31,7 +31,7 @@ from flax import nnx
 
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
-from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, param
+from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, matmul, param
 from moelab.model.moe import MoE, dense_stats
 
 
@@ -119,7 +119,7 @@ class Transformer(nnx.Module):
         x, stats = jax.lax.scan(body, x, (state, jnp.arange(n_blocks)))
         x = self.final_norm(x)
         head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", x, head.astype(dt)).astype(jnp.float32)
+        logits = matmul(x, head.astype(dt)).astype(jnp.float32)
         stats = jax.tree.map(lambda s: s.reshape((cfg.n_layers,) + s.shape[2:]), stats)
         out = {
             name: jnp.mean(stats[name]) for name in ("aux_loss", "z_loss", "dropped_frac", "recycled_frac")
