@@ -218,6 +218,7 @@ def test_layer_checkpoint_follows_the_context_and_keeps_gradients(policy):
         pass
 
 
+@pytest.mark.slow  # Ray start-up: ~8 s on an idle 2-core machine, ~30 s under load
 def test_launch_on_ray_joins_one_jax_cluster(tmp_path):
     """The Ray launcher on a local Ray: two 'hosts' (SPREAD, no GPUs) each run the worker, which joins one
     JAX cluster through the MOELAB_* variables the launcher sets and reduces over both processes."""

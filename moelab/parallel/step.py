@@ -114,7 +114,7 @@ def make_train_step(sharded: Sharded, tx, *, aux_loss_coef: float, z_loss_coef: 
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "ce": ce, "aux_loss": aux, "z_loss": z,
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return params, opt_state, metrics
 
     if sharded.mesh is None:
