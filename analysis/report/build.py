@@ -87,7 +87,8 @@ def _curves_section(data: ResultsData) -> Section | None:
     return Section(
         "curves",
         "Training curves",
-        "Held-out loss falls with tokens seen; at equal tokens, lines with more experts (lighter colours) "
+        ("Held-out" if F.curve_column(data.curves) == "eval_loss" else "Training")
+        + " loss falls with tokens seen; at equal tokens, lines with more experts (lighter colours) "
         "should sit lower if extra routed capacity helps.",
         figures=[("training_curves", fig)],
     )

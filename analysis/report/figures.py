@@ -165,7 +165,7 @@ def loss_vs_compute(
     ax.set_title("Loss against compute")
     fig.colorbar(sc, ax=ax, label="activated parameters N (non-embedding)")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right")
+        ax.legend(loc="lower left")
     return fig
 
 

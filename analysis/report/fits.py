@@ -15,6 +15,7 @@ import pandas as pd
 
 __all__ = ["Analysis", "LawSummary", "analyse", "heldout_split"]
 
+MIN_POINTS_PER_PARAM = 2  # a law needs this many fit points per parameter to be ranked best
 DEFAULT_BOOT = 100  # bootstrap resamples for the report's intervals (``moelab report --bootstrap N``)
 
 
@@ -168,6 +169,18 @@ def analyse(
     if preds:
         an.predictions = pd.concat(preds, ignore_index=True)
     ranked = [x for x in an.laws if x.heldout_err is not None and np.isfinite(x.heldout_err)]
+    # A law with fewer than two fit points per parameter can pass through its points and still miss the
+    # held-out ones by luck or not at all: rank the well-determined laws when there are any.
+    determined = [x for x in ranked if x.n_fit >= MIN_POINTS_PER_PARAM * len(x.params)]
+    if determined and len(determined) < len(ranked):
+        left = ", ".join(
+            f"{x.name} ({x.n_fit} points, {len(x.params)} parameters)" for x in ranked if x not in determined
+        )
+        an.notes.append(
+            f"Not ranked: under-determined fits with fewer than {MIN_POINTS_PER_PARAM} points per "
+            f"parameter: {left}."
+        )
+        ranked = determined
     if ranked:
         an.best = min(ranked, key=lambda x: x.heldout_err).name
     elif an.laws:
