@@ -303,9 +303,19 @@ def summary_lines(an: Analysis) -> list[str]:
         else "held-out error: —",
         f"extrapolated loss at {ex.get('name')}: {ex['loss']:.3f} nats/token"
         + (f" (95% [{ex['loss_lo']:.3f}, {ex['loss_hi']:.3f}])" if ex.get("loss_lo") is not None else "")
+        + (
+            " — the fit sits on a parameter bound: read it as a warning (see Fitted laws)"
+            if _edgy(an, ex)
+            else ""
+        )
         if ex
         else "extrapolated loss: —",
     ]
+
+
+def _edgy(an: Analysis, ex: dict) -> bool:
+    res = an.results.get(ex.get("law"))
+    return bool(res is not None and any("edge" in w or "bound" in w for w in res.warnings))
 
 
 def build_report(
