@@ -198,8 +198,10 @@ def analyse(
                 _res.predict(pd.DataFrame({"active_params": np.full(len(e), n), "n_experts": e}))
             )
 
-        an.clark = clark_curve
-        an.clark_label = "Clark et al. (2022) law fitted to the sweep"
+        # Clark et al.'s law has no data term: its curve only means something when the runs share D
+        if ok["tokens"].nunique() == 1:
+            an.clark = clark_curve
+            an.clark_label = "Clark et al. (2022) law fitted to the sweep"
     _frontier_and_extrapolation(an, ok, target)
     return an
 
@@ -214,7 +216,7 @@ PAPER_LAWS = {
         "n_opt_exp": 0.5305,
         "d_opt_coef": 3.2,
         "d_opt_exp": 0.50,
-        "label": "Hunyuan-Large paper: N_opt = 5.9e-3 C^0.53, D_opt = 3.2 C^0.50",
+        "label": "Hunyuan-Large paper's law",
     },
 }
 TARGET_SEQ_LEN = 4096  # for moelab.accounting's attention term at the target
