@@ -178,6 +178,7 @@ def test_killed_worker_killed_driver_ctrl_c_and_rerun(tmp_path):
     finally:
         reap(proc)
     finished_1 = [d for d in runs if status(d) == "succeeded"]
+    ckpt_1 = {d: (ckpt_steps(d) or [0])[-1] for d in runs}  # where each run must pick up next time
     before = snapshot(finished_1)
 
     # 3. Ctrl-C (SIGINT) the next driver: it stops cleanly, nothing is marked failed.
@@ -206,6 +207,8 @@ def test_killed_worker_killed_driver_ctrl_c_and_rerun(tmp_path):
     assert "resume" in out.strip().splitlines()[-1], out
     assert not any(status(d) in ("failed", "diverged") for d in runs), out
     finished_2 = [d for d in runs if status(d) == "succeeded"]
+    ckpt_2 = {d: (ckpt_steps(d) or [0])[-1] for d in runs}
+    t_final = time.time()
     assert snapshot(finished_1) == before  # finished runs were skipped: files untouched
     before = snapshot(finished_2)
 
@@ -217,8 +220,11 @@ def test_killed_worker_killed_driver_ctrl_c_and_rerun(tmp_path):
     for d in runs:
         assert status(d) == "succeeded"
         assert sorted(set(logged_steps(d))) == list(range(1, steps + 1))
-        for a in attempts(d)[1:]:
-            assert a["start_step"] > 0, (d.name, attempts(d))  # every later attempt resumed
+        for a in attempts(d):  # every restart picked up at the run's latest checkpoint of that moment
+            if t_restart <= a["time"] < t_final:
+                assert a["start_step"] == ckpt_1[d], (d.name, attempts(d), ckpt_1[d])
+            elif a["time"] >= t_final:
+                assert a["start_step"] == ckpt_2[d], (d.name, attempts(d), ckpt_2[d])
     assert any(len(attempts(d)) > 1 for d in runs)
     check_table(results, "dk", len(runs))
     # and a fourth run has nothing to do and touches no run folder
