@@ -295,3 +295,15 @@ def test_yaml_numbers_like_1e7_are_read(tmp_path):
     path.write_text(yaml.safe_dump({**BASE, "name": "n"}).replace("'2e4'", "2e4"))
     assert isinstance(yaml.safe_load(path.read_text())["axes"]["active_params"][0], str)  # YAML 1.1 quirk
     assert {t.point["active_params"] for t in SweepSpec.from_file(path).trials()} == {20000, 50000}
+
+
+def test_trial_resources_and_thread_environment():
+    from moelab.sweep.trial import thread_env
+
+    spec = spec_of(resources={"cpus": 2, "gpus": 0.5, "custom": {"TPU": 4}})
+    assert spec.resources.ray_options() == {"num_cpus": 2, "num_gpus": 0.5, "resources": {"TPU": 4}}
+    env = thread_env(spec.resources.cpus, spec.resources.gpus)
+    assert env["PJRT_NPROC"] == env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "2"
+    assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.45)
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in thread_env(1.5, 1)
+    assert thread_env(0.5)["PJRT_NPROC"] == "1"
