@@ -50,6 +50,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
     if address:
         kwargs["address"] = address
+        _use_token_if_present()
     else:
         env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         kwargs.update(address="local", include_dashboard=False, num_cpus=num_cpus or os.cpu_count() or 1)
@@ -62,6 +63,19 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         yield ray
     finally:
         ray.shutdown()
+
+
+def _use_token_if_present() -> None:
+    """Send the cluster's token when one is on this machine (``ray start`` turns token authentication on).
+
+    Ray 2.60 enables token mode itself only for the local instances it starts; a driver joining a cluster
+    needs ``RAY_AUTH_MODE=token``. Left alone when RAY_AUTH_MODE is set (Ray's helper respects it)."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 @contextlib.contextmanager
