@@ -185,6 +185,7 @@ BAD = [
     ({"train": {"seq_lenn": 128}}, "train", "unknown train config field"),
     ({"model": {"vocab_size": 1000}}, "model.vocab_size", "byte tokenizer"),
     ({"seeds": [0, -1]}, "seeds", "integers >= 0"),
+    ({"model": {"preset": "nope"}, "axes": {"n_experts": [4]}}, "model.preset", "unknown preset"),
     ({"resources": {"cpu": 1}}, "resources.cpu", "unknown key"),
     ({"resources": {"cpus": 0}}, "resources.cpus", "> 0"),
     ({"resources": {"custom": {"GPU": 1}}}, "resources.custom.GPU", "resources.gpus"),
@@ -307,3 +308,17 @@ def test_trial_resources_and_thread_environment():
     assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.45)
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in thread_env(1.5, 1)
     assert thread_env(0.5)["PJRT_NPROC"] == "1"
+
+
+def test_presets_as_the_base_model():
+    from moelab.presets import get_preset
+
+    base = get_preset("hy8-100k")
+    spec = SweepSpec.from_dict({"name": "p", "model": {"preset": "hy8-100k"}, "axes": {"n_experts": [4, 8]}})
+    models = {t.point["n_experts"]: t.run.model for t in spec.trials()}
+    assert models[8] == base and models[4] == base.replace(n_experts=4)
+    budgeted = SweepSpec.from_dict(
+        {"name": "p", "model": {"preset": "hy8-100k"}, "axes": {"active_params": [1e5, 3e5]}}
+    ).trials()
+    assert budgeted[0].run.model == base  # the preset is the family member of its own budget
+    assert budgeted[1].run.model.d_model > base.d_model and budgeted[1].run.model.overflow == base.overflow

@@ -41,6 +41,9 @@ from typing import Any
 from moelab.errors import ConfigError
 
 GENERATORS = ("grid", "zip", "isoflop")
+#: ModelConfig fields that ModelConfig.from_budget derives (a preset's values give way to the budget's).
+_SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "n_shared_experts", "d_expert",
+               "d_shared")
 #: Axes that shape the model through ModelConfig.from_budget.
 BUDGET_AXES = ("active_params", "n_experts", "shared_ratio", "top_k", "granularity")
 #: Axes that set the training length.
@@ -246,45 +249,40 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
 
     err = err or _Errors(spec.source)
     where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
-    model_fields = dict(spec.model)
-    preset = model_fields.pop("preset", None)
+    user = dict(spec.model)
+    preset = user.pop("preset", None)
     try:
+        base: dict[str, Any] = {}
         if preset is not None:
             from moelab.presets import get_preset
 
-            base = get_preset(str(preset)).to_dict()
-            base.update({k: v for k, v in model_fields.items() if k not in BUDGET_AXES})
-            model_fields = {**{k: v for k, v in model_fields.items() if k in BUDGET_AXES}, **base}
-        budget = {k: v for k, v in model_fields.items() if k in BUDGET_AXES}
-        budget.update({k: point[k] for k in BUDGET_AXES if k in point})
-        rest = {k: v for k, v in model_fields.items() if k not in BUDGET_AXES}
+            try:
+                preset_cfg = get_preset(str(preset))
+            except ConfigError as exc:
+                raise err("model.preset", _one_line(exc)) from None
+            # A budget rebuild of a preset keeps its expert layout, shared ratio and granularity.
+            base = preset_cfg.to_dict()
+            base.update(shared_ratio=round(preset_cfg.shared_ratio, 2),
+                        granularity=round(preset_cfg.granularity, 2))
+            kv_group = preset_cfg.n_heads // preset_cfg.n_kv_heads
+        given = {**user, **{k: point[k] for k in BUDGET_AXES if k in point}}  # what the spec itself sets
+        budget = {k: given.get(k, base.get(k)) for k in BUDGET_AXES if k in given or k in base}
         if "active_params" in budget:
-            if preset is not None:  # the preset's shape is replaced by the family member of that budget
-                shape_keys = (
-                    "d_model",
-                    "n_layers",
-                    "n_heads",
-                    "n_kv_heads",
-                    "head_dim",
-                    "n_experts",
-                    "top_k",
-                    "n_shared_experts",
-                    "d_expert",
-                    "d_shared",
-                    "cla_share",
-                )
-                rest = {k: v for k, v in rest.items() if k not in shape_keys}
+            kept = {k: v for k, v in base.items() if k not in BUDGET_AXES and k not in _SHAPE_KEYS}
+            if preset is not None:
+                kept["kv_group"] = kv_group
+            rest = {**kept, **{k: v for k, v in user.items() if k not in BUDGET_AXES}}
             model = ModelConfig.from_budget(**budget, **rest)
         else:
-            extra = [k for k in ("shared_ratio", "granularity") if k in budget]
+            extra = [k for k in ("shared_ratio", "granularity") if k in given]
             if extra:
                 raise err(
                     f"axes.{extra[0]}" if extra[0] in point else f"model.{extra[0]}",
                     "needs active_params (in model or axes) to build the model from a budget",
                 )
-            model = ModelConfig.from_dict(
-                {**rest, **{k: budget[k] for k in ("n_experts", "top_k") if k in budget}}
-            )
+            fields = {k: v for k, v in base.items() if k not in ("shared_ratio", "granularity")}
+            fields.update({k: v for k, v in given.items() if k != "active_params"})
+            model = ModelConfig.from_dict(fields)
     except ConfigError as exc:
         if str(exc).startswith(spec.source):
             raise
