@@ -12,7 +12,11 @@ from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import MoelabError
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.store import COLUMNS, PARQUET, write_table
-from tests._sweep_helpers import fake_training
+
+try:
+    from tests._sweep_helpers import fake_training
+except ImportError:  # pytest started without the checkout on sys.path
+    from _sweep_helpers import fake_training
 
 
 def make_sweep(root, name, sizes, n_experts=(1, 4)):

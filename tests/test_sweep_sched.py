@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_summary
 
 TRAINER = "tests._sweep_helpers:fake_training"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,6 +25,8 @@ def ray_instance():
     import ray
 
     os.environ["MOELAB_FAKE_STEP_S"] = "0.01"
+    # the workers import tests._sweep_helpers: put the checkout on their path whatever the working directory
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING"
     )
