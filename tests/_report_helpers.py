@@ -48,15 +48,15 @@ def copy_results(src: Path, dst: Path) -> Path:
 # A fast real sweep: tiny MoE models on the default corpus, a few dozen steps each, on an embedded Ray.
 FAST_SWEEP = """\
 name: reporttest
-description: tiny sweep for the report and notebook tests (3 sizes x 2 token budgets, 4 experts)
+description: tiny sweep for the report and notebook tests (2 sizes x 3 token budgets, 4 experts)
 model: {vocab_size: 256, max_seq_len: 32}
 data: {corpus: default, tokenizer: byte}
 train: {seq_len: 32, batch_size: 4, eval_tokens: 1024, log_every: 4, eval_every: 8, checkpoint_every: 1000}
 generator: grid
 axes:
   n_experts: [4]
-  active_params: [1.0e4, 2.0e4, 4.0e4]
-  tokens: [3072, 6144]
+  active_params: [1.0e4, 3.0e4]
+  tokens: [2048, 4096, 8192]
 seeds: [0]
 max_concurrency: 2
 """
@@ -64,8 +64,8 @@ max_concurrency: 2
 
 def real_results(tmp_path_factory) -> Path | None:
     """A results folder made by a fast real sweep (session-cached): the sweep package's ``run_sweep`` on an
-    embedded Ray, training six tiny MoE models on the default corpus. None when the sweep package is absent
-    from this installation; a sweep that raises fails the test that asked for it."""
+    embedded Ray, training six tiny MoE models on the default corpus (two model shapes: two compilations).
+    None when the sweep package is absent; a sweep that raises fails the test that asked for it."""
     if "real" in _CACHE:
         return _CACHE["real"]
     try:
