@@ -304,3 +304,13 @@ def test_rich_progress_bar():
     close()
     update, close = _progress_bar(False, 10, 0)
     assert update(1, "x") is None
+
+
+def test_bpe_run_reports_bits_per_byte(tmp_path, corpus):
+    run = tiny_run(corpus, tokens=16 * 8 * 10, eval_every=10)
+    data = DataConfig(corpus=str(corpus), tokenizer="bpe", val_fraction=0.2)
+    s = run_training(
+        run.replace(model=TINY.replace(vocab_size=300), data=data), tmp_path / "run", progress=False
+    )
+    assert s["status"] == "succeeded" and s["tokenizer"].startswith("bpe")
+    assert s["eval_bpb"] < s["eval_loss"] / math.log(2)  # a BPE token stands for more than one byte
