@@ -118,7 +118,12 @@ def _progress_bar(progress, total: int, start: int):
 
 
 def run_training(run: RunConfig, out_dir, *, progress=None) -> dict:
-    """Train ``run`` into ``out_dir`` (resuming from its checkpoints) and return the summary dict."""
+    """Train ``run`` into ``out_dir`` (resuming from its checkpoints) and return the summary dict.
+
+    ``progress``: None shows a rich progress bar when stderr is a terminal, True/False force it on/off, and a
+    callable is called as ``progress(step, total_steps, text)`` at every log line (``text``: losses).
+    Raises ConfigError (nothing written) for bad input; re-raises any error of the loop after recording it.
+    """
     out = Path(out_dir)
     resume = check_out_dir(run, out)
     if resume:
