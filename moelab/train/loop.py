@@ -235,6 +235,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     pending, last_eval, last_row = [], None, {}
     train_time = prev_train
     interval_start, interval_steps = time.perf_counter(), 0
+    compile_s = 0.0  # the first step of a session (compilation or cache load), left out of the throughput
     status, diverged_step = "succeeded", None
     try:
         for step in range(start, total_steps):
@@ -243,6 +244,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
                 params, opt_state, first_bad, rest, batch, jnp.asarray(step, jnp.int32)
             )
             pending.append(metrics)
+            if step == start:
+                jax.block_until_ready(metrics)
+                compile_s = time.perf_counter() - interval_start
             interval_steps += 1
             done = step + 1
             last = done == total_steps
@@ -257,7 +261,10 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
             if int(bad) >= 0:
                 status, diverged_step = "diverged", int(bad) + 1  # 1-based, as metrics "step"
                 break
-            tokens_per_s = interval_steps * tokens_per_step / max(elapsed, 1e-9)
+            timed_steps, timed_s = interval_steps, elapsed
+            if done - interval_steps == start and interval_steps > 1:  # the interval holds the first step
+                timed_steps, timed_s = interval_steps - 1, elapsed - compile_s
+            tokens_per_s = timed_steps * tokens_per_step / max(timed_s, 1e-9)
             load = np.mean([h["load"] for h in host], axis=0)
             last_row = {
                 "step": done,
@@ -299,7 +306,11 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     train_rows = [r for r in rows if "loss" in r]
     steps_done = train_rows[-1]["step"] if train_rows else start
     tokens = steps_done * tokens_per_step
-    tokens_per_s = (tokens / train_time) if train_time > 0 else None
+    # throughput over the logged intervals (each without its session's first, compiling step)
+    prev_steps = [0, *(r["step"] for r in train_rows)][: len(train_rows)]
+    spans = [(r["step"] - p) * tokens_per_step for p, r in zip(prev_steps, train_rows, strict=True)]
+    seconds = sum(n / r["tokens_per_s"] for n, r in zip(spans, train_rows, strict=True) if r["tokens_per_s"])
+    tokens_per_s = sum(spans) / seconds if seconds > 0 else None
     evals = [r for r in rows if r.get("eval_loss") is not None]
     summary.update(
         status=status,
@@ -317,6 +328,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         load_max=train_rows[-1]["load_max"] if train_rows else None,
         wall_time_s=prev_wall + time.perf_counter() - t0,
         train_time_s=train_time,
+        first_step_s=compile_s,
         tokens_per_s=tokens_per_s,
         mfu=(tokens_per_s * flops_per_token / peak) if tokens_per_s else None,
         peak_flops=peak,
