@@ -159,25 +159,17 @@ def test_weight_decay_mask_and_expert_lr_scale(split_model):
     zeros = jax.tree.map(jnp.zeros_like, params)
     ones = jax.tree.map(jnp.ones_like, params)
     t = TrainConfig(lr=1e-2, weight_decay=0.5, warmup_frac=0.0, schedule="constant", expert_lr_scale=0.25)
-    tx = optim.make_optimizer(t, 10, labels)
+    tx = optim.make_optimizer(t, labels, optim.lr_schedule(t, 10))
     # zero gradients: only weight decay moves a parameter, by -lr * wd * p (x expert scale for experts)
     upd, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
     for lab, u, p in zip(jax.tree.leaves(labels), jax.tree.leaves(upd), jax.tree.leaves(params), strict=True):
         scale = {0: 1.0, 1: 0.0, 2: 0.25}[int(lab)]
         np.testing.assert_allclose(u, -1e-2 * 0.5 * scale * p, rtol=1e-5, atol=1e-12)
     # unit gradients, no decay: Adam's first step is -lr * sign(g) (bias-corrected), x 0.25 for routed experts
-    tx = optim.make_optimizer(
-        TrainConfig(
-            lr=1e-2,
-            weight_decay=0.0,
-            warmup_frac=0.0,
-            schedule="constant",
-            expert_lr_scale=0.25,
-            grad_clip=1e9,
-        ),
-        10,
-        labels,
+    t2 = TrainConfig(
+        lr=1e-2, weight_decay=0.0, warmup_frac=0.0, schedule="constant", expert_lr_scale=0.25, grad_clip=1e9
     )
+    tx = optim.make_optimizer(t2, labels, optim.lr_schedule(t2, 10))
     upd, _ = jax.jit(tx.update)(ones, tx.init(params), params)
     for lab, u in zip(jax.tree.leaves(labels), jax.tree.leaves(upd), strict=True):
         expected = -1e-2 * (0.25 if int(lab) == optim.ParamKind.EXPERT else 1.0)
@@ -187,9 +179,23 @@ def test_weight_decay_mask_and_expert_lr_scale(split_model):
 def test_train_step_matches_plain_reference(split_model):
     """The jitted, donated step against nnx.value_and_grad of the model + a separate optax update."""
     graphdef, params, rest = split_model
-    t = TrainConfig(lr=1e-3, seq_len=16, batch_size=4)
-    tx = optim.make_optimizer(t, 50, param_labels(params))
+    t = TrainConfig(lr=1e-3, seq_len=16, batch_size=4, seed=5)
+    labels = param_labels(params)
+    tx = optim.make_optimizer(t, labels)  # the step multiplies by its lr argument
     opt_state = tx.init(params)
+    lr = float(optim.lr_schedule(t, 50)(3))
+    # the reference: optax's own clip + adamw with the decay mask, at the same learning rate
+    ref_tx = optax.chain(
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(
+            lr,
+            b1=t.beta1,
+            b2=t.beta2,
+            eps=t.eps,
+            weight_decay=t.weight_decay,
+            mask=jax.tree.map(lambda k: k != optim.ParamKind.NO_DECAY, labels),
+        ),
+    )
     batch = jnp.asarray(np.random.default_rng(0).integers(0, 256, size=(4, 17)), jnp.int32)
     step = 3
     key = jax.random.fold_in(jax.random.key(t.seed + 1), step)
@@ -205,10 +211,10 @@ def test_train_step_matches_plain_reference(split_model):
         return nnx.value_and_grad(ref_loss, has_aux=True)(nnx.merge(graphdef, p, rest))
 
     (ref_total, ref_ce), grads = ref_grad(params)
-    updates, _ = jax.jit(tx.update)(grads, opt_state, params)
+    updates, _ = jax.jit(ref_tx.update)(grads, ref_tx.init(params), params)
     ref_params = jax.jit(optax.apply_updates)(params, updates)
 
-    train_step = make_train_step(graphdef, tx, TINY, optim.lr_schedule(t, 50), t.seed)
+    train_step = make_train_step(graphdef, tx, TINY)
     new_params, _, first_bad, metrics = train_step(
         jax.tree.map(jnp.copy, params),
         jax.tree.map(jnp.copy, opt_state),
@@ -216,6 +222,8 @@ def test_train_step_matches_plain_reference(split_model):
         rest,
         batch,
         jnp.asarray(step, jnp.int32),
+        jnp.asarray(lr, jnp.float32),
+        jnp.asarray(t.seed, jnp.int32),
     )
     assert int(first_bad) == -1
     assert float(metrics["loss"]) == pytest.approx(float(ref_ce), rel=1e-5)

@@ -201,10 +201,12 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     model = Transformer(m, rngs=nnx.Rngs(t.seed))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     del model
-    tx = make_optimizer(t, total_steps, param_labels(params))
+    tx = make_optimizer(t, param_labels(params))
     opt_state = tx.init(params)
     first_bad = jnp.asarray(-1, jnp.int32)
-    train_step = make_train_step(graphdef, tx, m, lr_schedule(t, total_steps), t.seed)
+    train_step = make_train_step(graphdef, tx, m)
+    lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
+    seed = jnp.asarray(t.seed, jnp.int32)
     eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes())
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
@@ -241,7 +243,14 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         for step in range(start, total_steps):
             batch = jnp.asarray(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
             params, opt_state, first_bad, metrics = train_step(
-                params, opt_state, first_bad, rest, batch, jnp.asarray(step, jnp.int32)
+                params,
+                opt_state,
+                first_bad,
+                rest,
+                batch,
+                jnp.asarray(step, jnp.int32),
+                jnp.asarray(lrs[step]),
+                seed,
             )
             pending.append(metrics)
             if step == start:

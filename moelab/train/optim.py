@@ -1,9 +1,9 @@
 """The optimiser: AdamW with clipping, a learning-rate schedule, no weight decay on norms and biases, and
 Hunyuan-Large's expert-specific learning rate for routed experts.
 
-``make_optimizer(train, total_steps, labels)`` returns an ``optax`` chain:
+``make_optimizer(train, labels)`` returns an ``optax`` chain:
 
-    clip_by_global_norm(grad_clip) -> adamw(schedule, b1, b2, eps, weight_decay, mask=decay) -> scale(expert)
+    clip_by_global_norm -> scale_by_adam -> add_decayed_weights(mask=decay) -> scale(expert) -> x(-lr)
 
 where ``labels`` is a pytree (same structure as the parameters) of ``ParamKind`` values. Scaling the AdamW
 update of routed-expert parameters by ``expert_lr_scale`` is exactly running them at ``expert_lr_scale x lr``
@@ -76,22 +76,24 @@ def expert_lr_ratio(batch_tokens: float, b_noise: float, n_experts: int, top_k: 
     return eps_opt(batch_tokens * top_k / n_experts, 1.0, b_noise) / eps_opt(batch_tokens, 1.0, b_noise)
 
 
-def make_optimizer(train, total_steps: int, labels) -> optax.GradientTransformation:
+def make_optimizer(train, labels, learning_rate=None) -> optax.GradientTransformation:
+    """AdamW as ``clip -> scale_by_adam -> add_decayed_weights(mask) -> expert scale -> x(-learning_rate)``.
+
+    This is ``optax.adamw`` term for term. With ``learning_rate=None`` the chain ends in ``x(-1)`` and the
+    caller multiplies by the step's learning rate: the train step takes the rate as an argument, so one
+    compiled step serves every learning rate, schedule and budget (the persistent compilation cache then hits
+    across a sweep's trials of the same model shape).
+    """
     decay_mask = jax.tree.map(lambda k: k != ParamKind.NO_DECAY, labels)
     scales = jax.tree.map(lambda k: train.expert_lr_scale if k == ParamKind.EXPERT else 1.0, labels)
     parts = [
         optax.clip_by_global_norm(train.grad_clip),
-        optax.adamw(
-            lr_schedule(train, total_steps),
-            b1=train.beta1,
-            b2=train.beta2,
-            eps=train.eps,
-            weight_decay=train.weight_decay,
-            mask=decay_mask,
-        ),
+        optax.scale_by_adam(b1=train.beta1, b2=train.beta2, eps=train.eps),
+        optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
     ]
     if train.expert_lr_scale != 1.0:
         parts.append(_scale_tree(scales))
+    parts.append(optax.scale(-1.0) if learning_rate is None else optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
 
 

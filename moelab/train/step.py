@@ -3,11 +3,11 @@
 ``loss = CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss`` with the coefficients from ``ModelConfig``
 (aux: load-balance loss, z: router z-loss, both returned by the model in its ``RouterStats``).
 
-The train step is ``(params, opt_state, first_bad, rest, batch, step) -> (params, opt_state, first_bad,
-metrics)`` with the first three arguments donated (updated in place). A non-finite loss or gradient norm
-leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while none), so
-the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval and stops
-the run as ``diverged`` at the exact step.
+The train step is ``(params, opt_state, first_bad, rest, batch, step, lr, seed) -> (params, opt_state,
+first_bad, metrics)`` with the first three arguments donated (updated in place). A non-finite loss or gradient
+norm leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while
+none), so the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval
+and stops the run as ``diverged`` at the exact step.
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ def _stat(stats, name, default=0.0):
     return jnp.asarray(default if value is None else value, jnp.float32)
 
 
-def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
+def make_train_step(graphdef, tx, model_cfg):
+    """The jitted step. ``tx`` is ``make_optimizer(train, labels)`` without a learning rate: the step scales
+    its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in."""
     aux_coef, z_coef = model_cfg.aux_loss_coef, model_cfg.z_loss_coef
-    base_key = jax.random.key(seed + 1)
 
     def loss_fn(params, rest, batch, key):
         model = nnx.merge(graphdef, params, rest)
@@ -79,8 +80,8 @@ def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
         aux, z = _stat(stats, "aux_loss"), _stat(stats, "z_loss")
         return ce + aux_coef * aux + z_coef * z, (ce, aux, z, stats)
 
-    def train_step(params, opt_state, first_bad, rest, batch, step):
-        key = jax.random.fold_in(base_key, step)
+    def train_step(params, opt_state, first_bad, rest, batch, step, lr, seed):
+        key = jax.random.fold_in(jax.random.key(seed + 1), step)
         (total, (ce, aux, z, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             params, rest, batch, key
         )
@@ -90,6 +91,7 @@ def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
         def apply(args):
             params, opt_state = args
             updates, opt_state = tx.update(grads, opt_state, params)
+            updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
             return optax.apply_updates(params, updates), opt_state
 
         # one branch runs: a bad step costs nothing and leaves params and optimiser state as they were
@@ -103,7 +105,7 @@ def make_train_step(graphdef, tx, model_cfg, schedule, seed: int):
             "grad_norm": grad_norm,
             "aux_loss": aux,
             "z_loss": z,
-            "lr": schedule(step),
+            "lr": lr,
             "load": load.reshape(-1, load.shape[-1]),
             "dropped_frac": _stat(stats, "dropped_frac"),
             "recycled_frac": _stat(stats, "recycled_frac"),
