@@ -305,6 +305,19 @@ def test_failure_writes_failed_summary_and_reraises(tmp_path, corpus, monkeypatc
     assert s["status"] == "failed" and s["error"] == "RuntimeError: disk on fire"
 
 
+def test_interruption_leaves_the_run_resumable(tmp_path, corpus, monkeypatch):
+    import moelab.data
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moelab.data, "train_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_run(corpus), tmp_path / "run", progress=False)
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "running" and s["error"] is None
+
+
 def test_rich_progress_bar():
     from moelab.train.loop import _progress_bar
 

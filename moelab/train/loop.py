@@ -137,6 +137,10 @@ def run_training(run: RunConfig, out_dir, *, progress=None) -> dict:
     write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
         summary = _train(run, out, data, eval_starts, summary, progress)
+    except (KeyboardInterrupt, SystemExit):
+        # An interruption is not a failure: the status stays ``running`` and the next start resumes from the
+        # latest checkpoint.
+        raise
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip().rstrip(":")
         write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
