@@ -70,8 +70,48 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
 
+    f = sub.add_parser("fit", help="4,500-start Chinchilla grid fit and 1,000 bootstrap refits (issue 6)")
+    f.add_argument("--bootstrap", type=int, default=1000, help="bootstrap refits (default 1000)")
+    f.add_argument("--repeats", type=int, default=2, help="timed repeats; the first includes compilation")
+    f.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
+
+    s = sub.add_parser("sweep", help="Ray overhead: N trials through Ray vs back to back (issue 5)")
+    s.add_argument("--trials", type=int, default=8, help="trials (default 8)")
+    s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="Ray concurrencies")
+    s.add_argument("--tokens", type=int, default=64 * 8 * 600, help="training tokens per trial")
+    s.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
+
 
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "fit":
+        return _run_other(args, "fit")
+    if args.bench == "sweep":
+        return _run_other(args, "sweep")
+    return _run_step(args)
+
+
+def _run_other(args: argparse.Namespace, which: str) -> int:
+    """``bench fit`` (analysis.bench) and ``bench sweep`` (moelab.sweep.bench): print and optionally save."""
+    for name in ("bootstrap", "repeats", "trials", "tokens"):
+        if getattr(args, name, 1) < 1:
+            raise MoelabError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if which == "fit":
+        from analysis.bench import run_fit_bench
+
+        results = run_fit_bench(n_boot=args.bootstrap, repeats=args.repeats)
+    else:
+        if min(args.concurrency) < 1:
+            raise MoelabError(f"--concurrency must be >= 1, got {min(args.concurrency)}")
+        from moelab.sweep.bench import run_sweep_bench
+
+        results = run_sweep_bench(args.trials, tuple(args.concurrency), args.tokens)
+    print(json.dumps(results, indent=1, default=str))
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
+def _run_step(args: argparse.Namespace) -> int:
     from moelab.config import ModelConfig
     from moelab.presets import get_preset
 

@@ -35,3 +35,11 @@ def test_bench_bad_input_is_exit_2(args, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moelab: error:")
     assert not out.exists()
+
+
+def test_bench_fit_and_sweep_reject_bad_counts(capsys):
+    from moelab.cli import main
+
+    assert main(["bench", "fit", "--bootstrap", "0"]) == 2
+    assert main(["bench", "sweep", "--concurrency", "0"]) == 2
+    assert "--concurrency must be >= 1" in capsys.readouterr().err
