@@ -33,6 +33,7 @@ from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, matmul, param
 from moelab.model.moe import MoE, dense_stats
+from moelab.parallel.remat import layer_checkpoint
 
 
 class Layer(nnx.Module):
@@ -111,6 +112,7 @@ class Transformer(nnx.Module):
         graphdef, state = nnx.split(self.blocks)
         n_blocks = cfg.n_layers // cfg.cla_share
 
+        @layer_checkpoint  # remat policy of an enclosing moelab.parallel.remat.use_remat (default none)
         def body(x, inputs):
             block_state, i = inputs
             block = nnx.merge(graphdef, block_state)
