@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import FitResult, objective
+from analysis.fit import FitResult, objective, pad_points
 from analysis.lbfgs import minimize_batch
 
 
@@ -52,18 +52,21 @@ def resample_weights(n_points: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return rng.multinomial(n_points, np.full(n_points, 1.0 / n_points), size=n_boot).astype(np.float64)
 
 
-def refit_weighted(res: FitResult, weights: np.ndarray, n_starts: int = 2) -> np.ndarray:
-    """Raw optima [B, P] of ``res.law`` refitted with per-resample weights [B, n] (float64 L-BFGS)."""
+def refit_weighted(res: FitResult, weights: np.ndarray, n_starts: int = 2, pad: bool = True) -> np.ndarray:
+    """Raw optima [B, P] of ``res.law`` refitted with per-resample weights [B, n] (float64 L-BFGS); the
+    points are padded with zero weights to a bucketed count (:func:`analysis.fit.pad_points`) unless
+    ``pad=False``."""
     law, data = res.law, res.data
     starts = res.top_thetas[:n_starts] if res.top_thetas is not None else res.theta[None]
     B, K = weights.shape[0], len(starts)
     x0 = np.tile(starts, (B, 1))  # lane b*K + k
     w = np.repeat(weights, K, axis=0)
     lo, hi = np.array(law.bounds).T
+    args = pad_points(data.X, data.logy, w) if pad else (data.X, data.logy, w)
     sol = minimize_batch(
         objective(law, float(res.delta)),
         x0,
-        (data.X, data.logy, w),
+        args,
         batched=(False, False, True),
         lower=lo,
         upper=hi,

@@ -52,6 +52,32 @@ def objective_np(law: Law, theta, X, logy, w=None, delta: float = DELTA) -> np.n
     return np.sum(w * huber(r, delta), axis=-1)
 
 
+PAD_MIN = 16  # smallest padded number of points
+
+
+def padded_size(n: int) -> int:
+    """The bucket ``n`` points are padded to: the next power of two, at least :data:`PAD_MIN`."""
+    return max(PAD_MIN, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def pad_points(X: np.ndarray, logy: np.ndarray, w: np.ndarray, size: int | None = None):
+    """(X, logy, w) padded along the points axis to ``size`` (default :func:`padded_size`).
+
+    The compiled L-BFGS loop is specialised to its arguments' shapes, so without padding every new number of
+    points (a full fit, a held-out fit with fewer runs, the next sweep) compiles again (~10 s per law on a
+    2-core CPU). Padding rows repeat the first point (finite features, so ``0 * huber(r)`` is an exact 0) and
+    get weight 0 (``w``'s last axis), which leaves the objective and its gradient unchanged.
+    """
+    n = X.shape[0]
+    m = padded_size(n) if size is None else int(size)
+    if m <= n:
+        return X, logy, w
+    X = np.concatenate([X, np.repeat(X[:1], m - n, axis=0)])
+    logy = np.concatenate([logy, np.repeat(logy[:1], m - n)])
+    w = np.concatenate([w, np.zeros((*w.shape[:-1], m - n))], axis=-1)
+    return X, logy, w
+
+
 class FitWarning(UserWarning):
     """A fit that deserves a second look (dropped points, best start on the grid's edge, ...)."""
 
@@ -215,18 +241,23 @@ def fit_arrays(
     starts: np.ndarray | None = None,
     max_starts: int | None = None,
     polish: int = 16,
+    pad: bool = True,
 ) -> FitResult:
     """Fit ``law`` to prepared data from every start of its grid; see :func:`fit`.
 
     Two passes: every start runs L-BFGS in float32 (up to 500 evaluations, relative decrease 1e-6), then the
     ``polish`` best distinct end points are refined in float64 to a relative decrease of 1e-14. The float32
-    pass only has to find the basins; the reported optimum is a float64 L-BFGS solution.
+    pass only has to find the basins; the reported optimum is a float64 L-BFGS solution. With ``pad`` the
+    points are padded to a bucketed count with zero weights (:func:`pad_points`), so one compiled loop serves
+    every data size; the optimum is the same up to the order of floating-point summation.
     """
     law = get_law(law)
     x0 = law.starts(max_starts) if starts is None else np.atleast_2d(np.asarray(starts, np.float64))
     lo, hi = np.array(law.bounds).T
     fun = objective(law, float(delta))
     args = (data.X, data.logy, np.ones(len(data)))
+    if pad:
+        args = pad_points(*args)
     coarse = minimize_batch(fun, x0, args, lower=lo, upper=hi, maxiter=500, ftol=1e-6, gtol=1e-7, x64=False)
     top = _distinct_best(coarse.x, coarse.f, polish)
     if top.size == 0:

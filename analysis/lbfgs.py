@@ -222,7 +222,7 @@ def minimize_batch(
         run = _compiled(fun, tuple(0 if b else None for b in batched), float(ftol), float(gtol))
         jlo, jhi = jnp.asarray(lo, dtype), jnp.asarray(hi, dtype)
         shared = [None if b else jnp.asarray(a, dtype) for a, b in zip(np_args, batched, strict=True)]
-        B = min(SLOTS, -(-M // 8) * 8)
+        B = min(SLOTS, max(16, -(-M // 8) * 8))  # >= 16: one compiled polish loop for 1..16 starts
         out = fresh_state(x0, dtype)
         slot = np.full(B, -1)  # lane held by each slot (-1: idle)
         state = fresh_state(np.repeat(x0[:1], B, axis=0), dtype)
