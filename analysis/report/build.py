@@ -159,16 +159,22 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
     return sec
 
 
-def _heldout_section(an: Analysis) -> Section | None:
+def _heldout_section(an: Analysis, runs: pd.DataFrame | None = None) -> Section | None:
     if an.predictions is None or an.predictions.empty or not an.predictions["heldout"].any():
         return None
-    fig = F.heldout(an.predictions)
+    fig = F.heldout(an.predictions, runs)
     ho = an.predictions[an.predictions["heldout"]].copy()
     ho["rel"] = (ho["predicted"] - ho["observed"]) / ho["observed"]
+    by_id = None if runs is None else runs.drop_duplicates("run_id").set_index("run_id")
+
+    def knobs(run_id: str) -> str:
+        return F.run_label(by_id.loc[run_id]) if by_id is not None and run_id in by_id.index else "—"
+
     rows = pd.DataFrame(
         {
             "law": ho["law"],
             "run": ho["run_id"].str[:10],
+            "E, N, D": ho["run_id"].map(knobs),
             "observed": ho["observed"].map(lambda v: f"{v:.4f}"),
             "predicted": ho["predicted"].map(lambda v: f"{v:.4f}"),
             "relative error": ho["rel"].map(lambda v: f"{v:+.2%}"),
@@ -339,7 +345,7 @@ def build_report(
     sections += [
         iso,
         _moe_section(data, an),
-        _heldout_section(an),
+        _heldout_section(an, data.runs),
         _params_section(an),
         _extrapolation_section(an),
         _router_section(data),

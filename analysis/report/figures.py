@@ -59,6 +59,8 @@ def sci(x: float, digits: int = 2) -> str:
     if x == 0:
         return "0"
     e = math.floor(math.log10(abs(x)))
+    if round(abs(x) / 10**e, digits - 1) >= 10:  # 999424 -> 1.0e6, not 10e5
+        e += 1
     if -2 <= e <= 3:
         return f"{x:.{max(0, digits - 1 - e) if e < digits else 0}f}"
     return f"{x / 10**e:.{digits - 1}f}e{e}"
@@ -366,12 +368,27 @@ def moe_effects(
     return fig
 
 
-def heldout(table: pd.DataFrame):
-    """Predicted against observed loss (columns law, observed, predicted, heldout: bool)."""
+def run_label(row) -> str:
+    """A run as its knobs: ``E=8 N=2.0e4 D=1.0e6`` (run ids mean nothing to a reader)."""
+    parts = []
+    if "n_experts" in row and pd.notna(row["n_experts"]):
+        parts.append(f"E={int(row['n_experts'])}")
+    for key, col in (("N", "active_params"), ("D", "tokens")):
+        if col in row and pd.notna(row[col]):
+            parts.append(f"{key}={sci(float(row[col]), 2)}")
+    return " ".join(parts) or str(row.get("run_id", "?"))[:6]
+
+
+HELDOUT_MARKERS = ("*", "D", "s", "^", "v", "P", "X")
+
+
+def heldout(table: pd.DataFrame, runs: pd.DataFrame | None = None):
+    """Predicted against observed loss (columns law, observed, predicted, heldout: bool), and the held-out
+    runs' relative errors per law; ``runs`` (with run_id) names the runs by their knobs."""
     if table is None or table.empty or not table["heldout"].any():
         return None
     plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.5, 4.0), gridspec_kw={"width_ratios": [1.1, 1]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10.5, 4.3), gridspec_kw={"width_ratios": [1.0, 1.1]})
     laws = list(dict.fromkeys(table["law"]))
     lo = float(min(table["observed"].min(), table["predicted"].min())) * 0.98
     hi = float(max(table["observed"].max(), table["predicted"].max())) * 1.02
@@ -382,27 +399,33 @@ def heldout(table: pd.DataFrame):
         ax.scatter(
             t.loc[~t["heldout"], "observed"], t.loc[~t["heldout"], "predicted"], s=14, color=color, alpha=0.45
         )
+        # a marker per law, largest first, so laws with the same predictions stay visible
         ax.scatter(
             t.loc[t["heldout"], "observed"],
             t.loc[t["heldout"], "predicted"],
-            s=70,
-            marker="*",
+            s=max(30, 110 - 20 * i),
+            marker=HELDOUT_MARKERS[i % len(HELDOUT_MARKERS)],
             color=color,
             edgecolor="k",
             linewidths=0.4,
             label=law,
+            zorder=3 + len(laws) - i,
         )
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
     ax.set_xlabel("observed loss (nats/token)")
     ax.set_ylabel("predicted loss (nats/token)")
-    ax.set_title("Predicted vs observed (stars: held out)")
+    ax.set_title("Predicted vs observed (large markers: held out)", fontsize=10)
     ax.legend(loc="upper left", fontsize=7.5)
     ho = table[table["heldout"]].copy()
     ho["rel"] = 100 * (ho["predicted"] - ho["observed"]) / ho["observed"]
     piv = ho.pivot_table(index="run_id", columns="law", values="rel", aggfunc="first")
     piv = piv.loc[ho.drop_duplicates("run_id").sort_values("observed")["run_id"]]
+    labels = [r[:6] for r in piv.index]
+    if runs is not None and "run_id" in runs:
+        by_id = runs.drop_duplicates("run_id").set_index("run_id")
+        labels = [run_label(by_id.loc[r]) if r in by_id.index else r[:6] for r in piv.index]
     x = np.arange(len(piv))
     width = 0.8 / max(1, len(laws))
     for i, law in enumerate(laws):
@@ -415,10 +438,11 @@ def heldout(table: pd.DataFrame):
                 label=law,
             )
     ax2.axhline(0, color="0.3", lw=0.8)
-    ax2.set_xticks(x, [r[:6] for r in piv.index], rotation=45, ha="right", fontsize=7.5)
-    ax2.set_xlabel("held-out run")
+    ax2.set_xticks(x, labels, rotation=25, ha="right", fontsize=7.5)
+    ax2.set_xlabel("held-out run (routed experts E, activated N, tokens D)")
     ax2.set_ylabel("relative error (predicted − observed), %")
-    ax2.set_title("Held-out relative errors")
+    ax2.set_title("Held-out relative errors", fontsize=10)
+    ax2.legend(fontsize=7.5, loc="best")
     fig.tight_layout()
     return fig
 
