@@ -39,6 +39,23 @@ def synthetic_results(tmp_path_factory, *, small: bool = True, seed: int = 0, **
     return _CACHE[key]
 
 
+# Two laws, few starts and resamples: the report tests check the report's plumbing, analysis/ tests the fits.
+FAST_REPORT = {"n_boot": 8, "max_starts": 16, "laws": ["chinchilla", "clark"]}
+
+
+def synthetic_report(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(results folder, report folder, summary) of one report over a private copy of the small synthetic
+    folder, built once per session with :data:`FAST_REPORT` (read-only for the tests that share it)."""
+    if "report" not in _CACHE:
+        from analysis.report import build_report
+
+        src = synthetic_results(tmp_path_factory)
+        root = copy_results(src, tmp_path_factory.mktemp("rep") / "synthetic")
+        folder, summary = build_report(root, **FAST_REPORT)
+        _CACHE["report"] = (root, folder, summary)
+    return _CACHE["report"]
+
+
 def copy_results(src: Path, dst: Path) -> Path:
     """A private copy (tests that write reports must not race on the shared folder)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("report", "checkpoints"))

@@ -37,13 +37,13 @@ def test_padding_leaves_objective_and_gradient_unchanged():
         np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("n", [9, 21])
-def test_padded_fit_and_bootstrap_equal_unpadded(n):
+def test_padded_fit_and_bootstrap_equal_unpadded():
+    n = 11  # padded to 16 rows: 5 of weight 0
     law = get_law("chinchilla")
     df = chinchilla_runs(noise=0.01, seed=n).sample(n, random_state=n)
     data = prepare(df, law)
-    a = fit_arrays(law, data, max_starts=128, pad=True)
-    b = fit_arrays(law, data, max_starts=128, pad=False)
+    a = fit_arrays(law, data, max_starts=64, pad=True)
+    b = fit_arrays(law, data, max_starts=64, pad=False)
     assert a.objective == pytest.approx(b.objective, rel=1e-9, abs=1e-15)
     for k in law.params:
         assert a.params[k] == pytest.approx(b.params[k], rel=1e-5), k

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _report_helpers import copy_results, synthetic_results
+from _report_helpers import FAST_REPORT, synthetic_report, synthetic_results
 
 from analysis.report import figures as F
 from analysis.report.synthetic import TrueLaw, synthetic_grid, write_synthetic_results
@@ -64,19 +64,13 @@ jax_version python_version git_commit corpus_fingerprint
 """.split()  # noqa: SIM905
 
 
-# Two laws, few starts and resamples: the tests check the report's plumbing, analysis/ tests check the fits.
-FAST = {"n_boot": 8, "max_starts": 16, "laws": ["chinchilla", "clark"]}
+FAST = FAST_REPORT
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """One report over the small synthetic grid (a private copy of the session's folder)."""
-    from analysis.report import build_report
-
-    src = synthetic_results(tmp_path_factory)
-    root = copy_results(src, tmp_path_factory.mktemp("rep") / "synthetic")
-    folder, summary = build_report(root, **FAST)
-    return root, folder, summary
+    """One report over the small synthetic grid (shared with the browser test)."""
+    return synthetic_report(tmp_path_factory)
 
 
 # ------------------------------------------------------------ the synthetic generator follows the contract

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import pytest
-from _report_helpers import chromium, copy_results, render_in_chromium, synthetic_results
+from _report_helpers import chromium, render_in_chromium, synthetic_report
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="no Chromium installed (apt-get install chromium)")
 
 
-@pytest.mark.slow  # fits a law for the report (JAX compilation)
+@pytest.mark.slow  # the session's synthetic report (fits two laws) and two Chromium runs
 def test_index_html_renders_with_every_image_loaded(tmp_path_factory):
     from matplotlib.image import imread
 
-    from analysis.report import build_report
-
-    root = copy_results(synthetic_results(tmp_path_factory), tmp_path_factory.mktemp("browser") / "synthetic")
-    folder, _ = build_report(root, n_boot=4, max_starts=8, laws=["chinchilla"])
+    _, folder, _ = synthetic_report(tmp_path_factory)  # the session's report (shared with test_report.py)
     html = (folder / "index.html").read_text()
-    shot = folder.parent / "screenshot.png"
+    shot = tmp_path_factory.mktemp("browser") / "screenshot.png"
     result = render_in_chromium(folder / "index.html", shot)
     assert result["images"] == html.count("<img ") > 0
     assert result["loaded"] == result["images"], result
-    assert {"sweep", "curves", "compute", "heldout", "extrapolation", "router", "repro"} <= set(result["sections"])
+    wanted = {"sweep", "curves", "compute", "heldout", "extrapolation", "router", "repro"}
+    assert wanted <= set(result["sections"])
     # the screenshot shows a page, not a blank window: enough non-white pixels and more than two colours
     img = imread(shot)
     assert result["screenshot_rc"] == 0 and img.shape[0] > 1000
