@@ -85,3 +85,27 @@ def test_demo_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv):
     err = capsys.readouterr().err
     assert err.startswith("moelab: error: ") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_sweep_supports_the_reports_fits():
+    """sweeps/demo.yaml holds what the report's sections need: a full dense N x D grid (>= 4 x 3, for the
+    Chinchilla fit), MoE runs with two expert counts at every dense N (the expert-count comparison), held-out
+    evaluations during training (the curves), and at least 2 fit points per parameter of the joint law after
+    the held-out runs are set aside."""
+    from moelab.sweep.spec import SweepSpec
+
+    spec = SweepSpec.from_file(demo.find_sweep_file(demo.DEFAULT_SWEEP))
+    pts = {(p["n_experts"], p["active_params"], p["tokens"]) for p in spec.points()}
+    assert len(spec.trials()) == len(pts)  # no two points collapse into one run
+    dense_n = sorted({n for e, n, _ in pts if e == 1})
+    dense_d = sorted({d for e, _, d in pts if e == 1})
+    assert len(dense_n) >= 4 and len(dense_d) >= 3
+    assert {(1, n, d) for n in dense_n for d in dense_d} <= pts
+    experts = sorted({e for e, _, _ in pts if e > 1})
+    assert len(experts) >= 2
+    for e in experts:
+        assert {n for ee, n, _ in pts if ee == e} == set(dense_n)
+        assert len({d for ee, _, d in pts if ee == e}) >= 3
+    steps = min(t.run.train.tokens // (t.run.train.batch_size * t.run.train.seq_len) for t in spec.trials())
+    assert 0 < spec.trials()[0].run.train.eval_every * 2 <= steps  # >= 2 evaluations in the shortest run
+    assert len(pts) - 4 >= 2 * 9  # joint_moe has 9 parameters; the report holds out up to 4 runs
