@@ -531,9 +531,12 @@ def router_health(runs: pd.DataFrame, expert_load: dict[str, list[list[float]]])
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(16, load.shape[1]), integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(nbins=min(16, load.shape[0]), integer=True))
+    if load.shape[0] <= 16:  # one tick per layer (MaxNLocator puts -0.5 and 0.5 around a single layer)
+        ax.set_yticks(np.arange(load.shape[0]))
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=16, integer=True))
     ax.grid(False)
-    ax.set_title(f"Per-expert load, run {pick['run_id'][:8]} (E = {int(pick['n_experts'])})")
+    ax.set_title(f"Per-expert load, {run_label(pick)}", fontsize=10)
     fig.colorbar(im, ax=ax, label="load / uniform share")
     # one bar pair per MoE architecture (mean over its runs), so the chart stays readable on big sweeps
     m = moe.assign(arch=[_arch_label(moe.loc[[i]]) for i in moe.index])
