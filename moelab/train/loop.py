@@ -10,6 +10,16 @@ the resumed run writes them again, identically, because batches depend only on (
 on (seed, step)). 3. Train; log every ``log_every`` steps, evaluate every ``eval_every`` steps, checkpoint
 every ``checkpoint_every`` steps, and all three at the last step. A non-finite loss ends the run as
 ``diverged`` (not an exception); any exception writes a ``failed`` summary with the error and is re-raised.
+
+On a device mesh (``mesh="data=2,expert=4"``, docs/parallel.md) the same loop runs SPMD: the parameters, the
+rest of the model state and the optimiser state are created directly on their logical-axis shardings
+(``moelab.parallel.shard.state_shardings``, ``moelab.parallel.step.init_opt_state``), every batch is split
+over the batch axes (``moelab.parallel.step.batch_sharding``), and the jitted step follows those input
+shardings. In a multi-process run every process builds the same *global* batch (batches are a pure function
+of (seed, step), so no exchange is needed) and contributes the rows its devices hold
+(``jax.make_array_from_callback``); checkpoints are written by all processes together (orbax) and restored
+onto the target shardings; only process 0 writes config.json, metrics.jsonl and summary.json. The mesh and
+the remat policy are execution options: they do not enter the config or the run id.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import math
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from moelab.errors import ConfigError
 from moelab.train.config import RunConfig
@@ -117,36 +129,144 @@ def _progress_bar(progress, total: int, start: int):
     return (lambda step, text: bar.update(task, completed=step, description=text)), bar.stop
 
 
-def run_training(run: RunConfig, out_dir, *, progress=None) -> dict:
+def resolve_mesh(mesh, batch_size: int | None = None):
+    """A ``jax.sharding.Mesh`` (or None) from None, a ``"data=2,expert=4"`` string, a MeshShape or a Mesh.
+
+    ConfigError (one line) for a malformed string, too few devices, or a batch the mesh's batch axes
+    (data x fsdp x expert) do not divide (it would be replicated over them: every device doing all the work).
+    """
+    if mesh is None:
+        return None
+    import jax
+
+    from moelab.parallel.mesh import make_mesh, mesh_shape_of
+
+    if not isinstance(mesh, jax.sharding.Mesh):
+        mesh = make_mesh(mesh)
+    shape = mesh_shape_of(mesh)
+    if batch_size is not None and batch_size % shape.batch_shards:
+        raise ConfigError(
+            f"train.batch_size={batch_size} must be divisible by the mesh's batch shards "
+            f"(data x fsdp x expert = {shape.batch_shards} for --mesh {shape})"
+        )
+    return mesh
+
+
+def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: str = "none") -> dict:
     """Train ``run`` into ``out_dir`` (resuming from its checkpoints) and return the summary dict.
 
     ``progress``: None shows a rich progress bar when stderr is a terminal, True/False force it on/off, and a
     callable is called as ``progress(step, total_steps, text)`` at every log line (``text``: losses).
+    ``mesh``: None (one device), a mesh string such as ``"data=2,expert=4"``, a ``MeshShape`` or a
+    ``jax.sharding.Mesh`` (``moelab.parallel.mesh``). ``remat``: ``none`` | ``minimal`` | ``full``
+    (``moelab.parallel.remat``). Neither changes the result beyond float rounding, nor the run id.
     Raises ConfigError (nothing written) for bad input; re-raises any error of the loop after recording it.
     """
+    from moelab.parallel.remat import jax_policy
+
     out = Path(out_dir)
+    jax_policy(remat)  # validates the name
+    mesh = resolve_mesh(mesh, run.train.batch_size)
     resume = check_out_dir(run, out)
     if resume:
         old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         if old.get("status") in ("succeeded", "diverged"):
             return old  # finished: nothing to do
     data, eval_starts = prepare_data(run)  # may raise ConfigError: nothing written yet
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", run.to_dict())
+    main = _is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", run.to_dict())
     summary = _base_summary(run, data)
-    write_json_atomic(out / "summary.json", {**summary, "status": "running"})
+    if mesh is not None:
+        summary["mesh"] = str(_mesh_shape(mesh))
+    summary["remat"] = remat
+    if main:
+        write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
-        summary = _train(run, out, data, eval_starts, summary, progress)
+        summary = _train(run, out, data, eval_starts, summary, progress if main else False, mesh, remat, main)
     except (KeyboardInterrupt, SystemExit):
         # An interruption is not a failure: the status stays ``running`` and the next start resumes from the
         # latest checkpoint.
         raise
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip().rstrip(":")
-        write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
+        if main:
+            write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
         raise
-    write_json_atomic(out / "summary.json", summary)
+    if main:
+        write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def _is_main_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _mesh_shape(mesh):
+    from moelab.parallel.mesh import mesh_shape_of
+
+    return mesh_shape_of(mesh)
+
+
+def init_state(run: RunConfig, mesh=None):
+    """(graphdef, params, rest, opt_state, first_bad, tx) of a fresh run, placed on ``mesh`` when given.
+
+    On a mesh the model is initialised by a jitted function whose outputs carry the logical-axis shardings
+    (``moelab.parallel.shard.state_shardings`` of the abstract model), so no process ever holds the whole
+    model; the optimiser state comes from ``moelab.parallel.step.init_opt_state`` (moments sharded like the
+    parameters, counters replicated) and ``first_bad`` is replicated.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from moelab.model import Transformer
+    from moelab.train.optim import make_optimizer
+    from moelab.train.step import param_labels
+
+    m, t = run.model, run.train
+
+    def fresh():
+        return nnx.split(Transformer(m, rngs=nnx.Rngs(t.seed)), nnx.Param, ...)
+
+    if mesh is None:
+        graphdef, params, rest = fresh()
+        tx = make_optimizer(t, param_labels(params))
+        return graphdef, params, rest, tx.init(params), jnp.asarray(-1, jnp.int32), tx
+
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from moelab.parallel.shard import state_shardings
+    from moelab.parallel.step import Sharded, init_opt_state
+
+    graphdef, abs_params, abs_rest = nnx.split(
+        nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(t.seed))), nnx.Param, ...
+    )
+    p_sh, r_sh = state_shardings(abs_params, mesh), state_shardings(abs_rest, mesh)
+    params, rest = jax.jit(lambda: fresh()[1:], out_shardings=(p_sh, r_sh))()
+    tx = make_optimizer(t, param_labels(params))
+    opt_state = init_opt_state(tx, Sharded(graphdef, params, rest, p_sh, r_sh, mesh))
+    first_bad = global_array(np.int32(-1), NamedSharding(mesh, PartitionSpec()))
+    return graphdef, params, rest, opt_state, first_bad, tx
+
+
+def global_array(host, sharding):
+    """A global ``jax.Array`` with ``sharding`` from a host value every process holds in full: each process
+    fills the shards of its own devices (``jax.make_array_from_callback``; works across processes)."""
+    import jax
+
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shardings_of(tree):
+    """The ``.sharding`` of every array leaf of ``tree`` (same structure)."""
+    import jax
+
+    return jax.tree.map(lambda x: x.sharding, tree)
 
 
 def _base_summary(run: RunConfig, data) -> dict:
@@ -184,17 +304,14 @@ def _base_summary(run: RunConfig, data) -> dict:
     }
 
 
-def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress) -> dict:
+def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress, mesh, remat, main) -> dict:
     import jax
     import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
 
     from moelab.data import eval_batches, train_batch
-    from moelab.model import Transformer
     from moelab.train.checkpoint import Checkpointer
-    from moelab.train.optim import lr_schedule, make_optimizer
-    from moelab.train.step import make_eval_step, make_train_step, param_labels
+    from moelab.train.optim import lr_schedule
+    from moelab.train.step import make_eval_step, make_train_step
 
     t0 = time.perf_counter()
     m, t = run.model, run.train
@@ -202,38 +319,43 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     tokens_per_step = t.tokens_per_step
     flops_per_token = run.flops_per_token()
 
-    model = Transformer(m, rngs=nnx.Rngs(t.seed))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    del model
-    tx = make_optimizer(t, param_labels(params))
-    opt_state = tx.init(params)
-    first_bad = jnp.asarray(-1, jnp.int32)
-    train_step = make_train_step(graphdef, tx, m)
+    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, mesh)
+    state_sh = shardings_of((params, opt_state, first_bad)) if mesh is not None else None
+    train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat, state_shardings=state_sh)
     lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
-    seed = jnp.asarray(t.seed, jnp.int32)
-    eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes())
+    seed = np.int32(t.seed)
+    eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes(), mesh=mesh)
+    if mesh is None:
+        put_batch = jnp.asarray
+    else:
+        from moelab.parallel.step import batch_sharding
+
+        batch_sh = batch_sharding(mesh, t.batch_size)
+        put_batch = lambda batch: global_array(batch, batch_sh)  # noqa: E731
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start, prev_wall, prev_train = 0, 0.0, 0.0
     latest = ckpt.latest_step()
     if latest is not None:
         (params, opt_state, first_bad), meta = ckpt.restore(latest, (params, opt_state, first_bad))
+        if state_sh is not None:  # onto the target shardings (a no-op where orbax already put them there)
+            params, opt_state, first_bad = jax.device_put((params, opt_state, first_bad), state_sh)
         start, prev_wall, prev_train = (
             int(meta["step"]),
             float(meta["wall_time_s"]),
             float(meta["train_time_s"]),
         )
     metrics_path = out / "metrics.jsonl"
-    if metrics_path.exists():
+    if main and metrics_path.exists():
         truncate_metrics(metrics_path, start)
-    writer = MetricsWriter(metrics_path)
+    writer = MetricsWriter(metrics_path) if main else _MemoryWriter()
     update_bar, close_bar = _progress_bar(progress, total_steps, start)
     peak = peak_flops()
 
     def evaluate(params):
         nats = nbytes = 0.0
         for batch in eval_batches(data.store.val, eval_starts, t.seq_len, t.batch_size):
-            n, b = eval_step(params, rest, jnp.asarray(batch))
+            n, b = eval_step(params, rest, put_batch(batch))
             nats, nbytes = nats + float(n), nbytes + float(b)
         n_tokens = len(eval_starts) * t.seq_len
         return nats / n_tokens, nats / math.log(2) / nbytes
@@ -245,16 +367,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     status, diverged_step = "succeeded", None
     try:
         for step in range(start, total_steps):
-            batch = jnp.asarray(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
+            batch = put_batch(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
             params, opt_state, first_bad, metrics = train_step(
-                params,
-                opt_state,
-                first_bad,
-                rest,
-                batch,
-                jnp.asarray(step, jnp.int32),
-                jnp.asarray(lrs[step]),
-                seed,
+                params, opt_state, first_bad, rest, batch, np.int32(step), lrs[step], seed
             )
             pending.append(metrics)
             if step == start:
@@ -315,7 +430,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         writer.close()
         ckpt.close()
 
-    rows = read_metrics(metrics_path)
+    rows = read_metrics(metrics_path) if main else writer.rows  # other processes: this session's rows
     train_rows = [r for r in rows if "loss" in r]
     steps_done = train_rows[-1]["step"] if train_rows else start
     tokens = steps_done * tokens_per_step
@@ -349,3 +464,16 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         resumed_from=start or None,
     )
     return summary
+
+
+class _MemoryWriter:
+    """The metrics writer of processes other than 0: keeps the rows, writes nothing."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def write(self, row: dict) -> None:
+        self.rows.append(dict(row))
+
+    def close(self) -> None:
+        pass

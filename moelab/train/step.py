@@ -8,6 +8,13 @@ first_bad, metrics)`` with the first three arguments donated (updated in place).
 norm leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while
 none), so the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval
 and stops the run as ``diverged`` at the exact step.
+
+On a device mesh (``moelab train --mesh``) the same functions run: jit follows the shardings of the
+arguments (parameters and optimiser state placed by ``moelab.parallel``, the batch split over the batch
+axes), the model is traced inside ``moelab.parallel.rules.activation_sharding(mesh)`` and
+``moelab.parallel.remat.use_remat`` (both contexts only matter while tracing), and ``state_shardings`` pins
+the donated state's output shardings to its input shardings (so every step reuses one compilation) while
+metrics come back replicated (readable by every process of a multi-host run).
 """
 
 from __future__ import annotations
@@ -18,6 +25,27 @@ import optax
 from flax import nnx
 
 from moelab.train.optim import ParamKind
+
+
+def _trace_context(mesh, remat: str):
+    """The contexts the model is traced in: activation layout constraints on ``mesh`` (none without one) and
+    the remat policy of its scanned layer body."""
+    import contextlib
+
+    from moelab.parallel.remat import use_remat
+    from moelab.parallel.rules import activation_sharding
+
+    stack = contextlib.ExitStack()
+    if mesh is not None:
+        stack.enter_context(activation_sharding(mesh))
+    stack.enter_context(use_remat(remat))
+    return stack
+
+
+def _replicated(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
 def _is_var(x) -> bool:
@@ -67,15 +95,19 @@ def _stat(stats, name, default=0.0):
     return jnp.asarray(default if value is None else value, jnp.float32)
 
 
-def make_train_step(graphdef, tx, model_cfg):
+def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", state_shardings=None):
     """The jitted step. ``tx`` is ``make_optimizer(train, labels)`` without a learning rate: the step scales
-    its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in."""
+    its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in.
+
+    ``mesh``/``remat``: trace the model under that mesh's activation constraints and remat policy.
+    ``state_shardings``: (params, opt_state, first_bad) shardings the outputs keep (None: XLA's choice)."""
     aux_coef, z_coef = model_cfg.aux_loss_coef, model_cfg.z_loss_coef
 
     def loss_fn(params, rest, batch, key):
         model = nnx.merge(graphdef, params, rest)
         inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits, stats = model(inputs, router_key=key)
+        with _trace_context(mesh, remat):
+            logits, stats = model(inputs, router_key=key)
         ce = cross_entropy_sum(logits, targets) / targets.size
         aux, z = _stat(stats, "aux_loss"), _stat(stats, "z_loss")
         return ce + aux_coef * aux + z_coef * z, (ce, aux, z, stats)
@@ -112,17 +144,25 @@ def make_train_step(graphdef, tx, model_cfg):
         }
         return params, opt_state, first_bad, metrics
 
-    return jax.jit(train_step, donate_argnums=(0, 1, 2))
+    if state_shardings is None and mesh is None:
+        return jax.jit(train_step, donate_argnums=(0, 1, 2))
+    out_shardings = (*(state_shardings or (None, None, None)), _replicated(mesh))
+    return jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=out_shardings)
 
 
-def make_eval_step(graphdef, token_bytes):
-    """(params, rest, batch) -> (sum of nats, sum of target bytes) over the batch."""
-    token_bytes = jnp.asarray(token_bytes, jnp.float32)
+def make_eval_step(graphdef, token_bytes, *, mesh=None):
+    """(params, rest, batch) -> (sum of nats, sum of target bytes) over the batch (replicated on a mesh)."""
+    import numpy as np
+
+    token_bytes = np.asarray(token_bytes, np.float32)  # a constant of the trace (no device placement)
 
     def eval_step(params, rest, batch):
         model = nnx.merge(graphdef, params, rest)
-        logits, _ = model(batch[:, :-1], router_key=None)
+        with _trace_context(mesh, "none"):
+            logits, _ = model(batch[:, :-1], router_key=None)
         targets = batch[:, 1:]
-        return cross_entropy_sum(logits, targets), token_bytes[targets].sum()
+        return cross_entropy_sum(logits, targets), jnp.asarray(token_bytes)[targets].sum()
 
-    return jax.jit(eval_step)
+    if mesh is None:
+        return jax.jit(eval_step)
+    return jax.jit(eval_step, out_shardings=_replicated(mesh))
