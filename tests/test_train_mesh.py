@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -143,14 +145,21 @@ def test_bad_mesh_or_remat_is_a_one_line_error(plain, tmp_path, capsys):
 
 def test_two_process_distributed_training(plain, tmp_path):
     """`moelab train --distributed` on a real two-process JAX cluster (2 CPU devices each, gloo collectives;
-    default mesh data=4 over both): the same losses as the one-device run; process 0 alone prints."""
-    run, _, ref = plain
+    default mesh data=4 over both) resumes the one-device run from its step-8 checkpoint (a checkpoint of
+    another topology, read by both processes onto the new shardings) and ends with the same losses; process 0
+    alone prints and writes."""
+    run, root, ref = plain
     cfg = tmp_path / "run.json"
     cfg.write_text(json.dumps(run.to_dict()))
+    out_dir = tmp_path / "out"
+    shutil.copytree(root / "plain", out_dir)
+    shutil.rmtree(out_dir / "checkpoints" / "16")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    (out_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    procs = []
+    procs, files = [], []
     for pid in range(2):
         env = dict(
             os.environ,
@@ -161,22 +170,39 @@ def test_two_process_distributed_training(plain, tmp_path):
             PYTHONPATH=str(REPO),
         )
         cmd = [sys.executable, "-m", "moelab", "train", "--distributed", "--config", str(cfg),
-               "--out", str(tmp_path / "out"), "--no-progress"]
-        pipe = subprocess.PIPE
-        procs.append(subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe, text=True))
-    outs = []
+               "--out", str(out_dir), "--no-progress"]
+        files += [open(tmp_path / f"{pid}.{name}", "w") for name in ("out", "err")]  # noqa: SIM115
+        procs.append(subprocess.Popen(cmd, env=env, stdout=files[-2], stderr=files[-1], text=True))
+    # the first failure ends the test at once: a failed process waits in JAX's shutdown barrier and its peer
+    # on a collective, each until killed
+    deadline = time.monotonic() + 180
     try:
-        for p in procs:
-            out, err = p.communicate(timeout=180)
-            assert p.returncode == 0, err[-3000:]
-            outs.append([line for line in out.splitlines() if line.startswith("{")])
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            failed = any(p.poll() not in (None, 0) for p in procs) or any(
+                "Traceback" in (tmp_path / f"{i}.err").read_text() for i in range(2)
+            )
+            if failed:
+                time.sleep(1)  # let the traceback be written out
+                break
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+        for f in files:
+            f.close()
+    errs = [f"process {i} exit {p.returncode}: {(tmp_path / f'{i}.err').read_text()[-2000:]}"
+            for i, p in enumerate(procs)]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(errs)
+    outs = [
+        [line for line in (tmp_path / f"{pid}.out").read_text().splitlines() if line.startswith("{")]
+        for pid in range(2)
+    ]
     assert len(outs[0]) == 1 and outs[1] == []  # one summary line, from process 0
-    s = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert s["status"] == "succeeded" and s["mesh"] == "data=4"
+    s = json.loads((out_dir / "summary.json").read_text())
+    assert s["status"] == "succeeded" and s["mesh"] == "data=4" and s["resumed_from"] == 8
     assert json.loads(outs[0][0])["eval_loss"] == s["eval_loss"]
     assert abs(s["eval_loss"] - ref["eval_loss"]) < TOL
-    _same_rows(tmp_path / "out", plain[1] / "plain")
+    _same_rows(out_dir, root / "plain")
+    assert sorted(p.name for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["16", "8"]
