@@ -42,10 +42,17 @@ class Checkpointer:
         self.seconds += time.perf_counter() - t
 
     def restore(self, step: int, like):
-        """(state, meta) of checkpoint ``step``; ``like`` gives structure, shapes, dtypes."""
+        """(state, meta) of checkpoint ``step``; ``like`` gives structure, shapes, dtypes and shardings.
+
+        Every array is read straight onto the sharding of its ``like`` leaf (orbax reads only the shards each
+        process needs), so a checkpoint written on another mesh or process count, or by an unsharded run,
+        restores onto this one."""
         t = time.perf_counter()
         leaves, treedef = jax.tree.flatten(like)
-        abstract = {f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype) for i, x in enumerate(leaves)}
+        abstract = {
+            f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+            for i, x in enumerate(leaves)
+        }
         out = self._mngr.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),

@@ -333,8 +333,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         batch_sh = batch_sharding(mesh, t.batch_size)
         put_batch = lambda batch: global_array(batch, batch_sh)  # noqa: E731
 
-    checkpointer = Checkpointer if mesh is None else _sharded_checkpointer()
-    ckpt = checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
+    ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start, prev_wall, prev_train = 0, 0.0, 0.0
     latest = ckpt.latest_step()
     if latest is not None:
@@ -463,37 +462,6 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         resumed_from=start or None,
     )
     return summary
-
-
-def _sharded_checkpointer():
-    from moelab.train.checkpoint import Checkpointer
-
-    class _Sharded(Checkpointer):
-        """A Checkpointer whose ``restore`` reads every array straight onto the sharding of its ``like``
-        leaf (orbax reads only the shards each process needs), so a checkpoint written on another mesh or
-        process count (or by an unsharded run) restores onto this one. Same on-disk layout as the base."""
-
-        def restore(self, step: int, like):
-            import jax
-            import orbax.checkpoint as ocp
-
-            t = time.perf_counter()
-            leaves, treedef = jax.tree.flatten(like)
-            abstract = {
-                f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-                for i, x in enumerate(leaves)
-            }
-            out = self._mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                ),
-            )
-            restored = [out["state"][f"{i:05d}"] for i in range(len(leaves))]
-            self.seconds += time.perf_counter() - t
-            return jax.tree.unflatten(treedef, restored), dict(out["meta"])
-
-    return _Sharded
 
 
 class _MemoryWriter:
