@@ -49,6 +49,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     env = dict(os.environ)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
     if address:
+        _probe(address)
         kwargs["address"] = address
         _use_token_if_present()
     else:
@@ -63,6 +64,24 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         yield ray
     finally:
         ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when nothing listens at a ``host:port`` (or ``ray://host:port``) address: ``ray.init``
+    itself keeps retrying the cluster's GCS for minutes. Other forms (``auto``) are left to Ray."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise MoelabError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+            "`ray start --head` or give the head node's host:port"
+        ) from None
 
 
 def _use_token_if_present() -> None:
@@ -112,6 +131,8 @@ def run_sweep(
 
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     trials = spec.trials()  # validates every config before anything starts
+    if address or os.environ.get("RAY_ADDRESS"):
+        _probe(address or os.environ["RAY_ADDRESS"])  # unreachable: fail before anything is written
     root = sweep_dir(spec, results)
     t0 = time.perf_counter()
     with sweep_lock(root):
