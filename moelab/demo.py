@@ -26,26 +26,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--address", default=None, help="Ray cluster address (default: an embedded local Ray)"
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    parser.add_argument(
-        "--bootstrap",
-        type=int,
-        default=None,
-        metavar="N",
-        help="bootstrap resamples per law for the report's intervals (default: 100)",
-    )
-    parser.add_argument(
-        "--starts",
-        type=int,
-        default=None,
-        metavar="S",
-        help="cap on each law's grid of L-BFGS starts (default: the law's full grid)",
-    )
-    parser.add_argument(
-        "--laws",
-        default=None,
-        metavar="A,B",
-        help="comma-separated laws to fit (default: every registered law)",
-    )
+    from analysis.report.cli import add_fit_options
+
+    add_fit_options(parser)
 
 
 def find_sweep_file(name: str) -> Path:

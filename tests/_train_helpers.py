@@ -9,6 +9,18 @@ import numpy as np
 from moelab.config import ModelConfig
 from moelab.train.config import DataConfig, RunConfig, TrainConfig
 
+# The run-folder contract of issue 4 that sweeps and reports read, spelled out here rather than imported from
+# moelab.train.metrics so that dropping a key from the trainer fails the tests.
+METRIC_KEYS = frozenset({
+    "step", "tokens", "loss", "lr", "grad_norm", "aux_loss", "z_loss", "load_min", "load_max",
+    "dropped_frac", "recycled_frac", "tokens_per_s", "mfu",
+})  # fmt: skip
+SUMMARY_KEYS = frozenset({
+    "status", "eval_loss", "eval_bpb", "train_loss", "steps", "tokens", "flops", "active_params",
+    "total_params", "wall_time_s", "tokens_per_s", "mfu", "expert_load", "dropped_frac", "recycled_frac",
+    "diverged_step", "error", "versions", "git_commit", "corpus_fingerprint",
+})  # fmt: skip
+
 TINY = ModelConfig(
     d_model=32,
     n_layers=2,

@@ -16,44 +16,8 @@ from _report_helpers import FAST_REPORT, synthetic_report, synthetic_results
 from analysis.report import figures as F
 from analysis.report.synthetic import TrueLaw, synthetic_grid, write_synthetic_results
 from moelab.cli import main
+from tests._train_helpers import METRIC_KEYS, SUMMARY_KEYS
 
-METRIC_KEYS = {
-    "step",
-    "tokens",
-    "loss",
-    "lr",
-    "grad_norm",
-    "aux_loss",
-    "z_loss",
-    "load_min",
-    "load_max",
-    "dropped_frac",
-    "recycled_frac",
-    "tokens_per_s",
-    "mfu",
-}
-SUMMARY_KEYS = {
-    "status",
-    "eval_loss",
-    "eval_bpb",
-    "train_loss",
-    "steps",
-    "tokens",
-    "flops",
-    "active_params",
-    "total_params",
-    "wall_time_s",
-    "tokens_per_s",
-    "mfu",
-    "expert_load",
-    "dropped_frac",
-    "recycled_frac",
-    "diverged_step",
-    "error",
-    "versions",
-    "git_commit",
-    "corpus_fingerprint",
-}
 PARQUET_COLUMNS = """
 run_id sweep status run_dir seed n_experts top_k n_shared_experts shared_ratio granularity d_model
 n_layers n_heads n_kv_heads head_dim d_expert d_shared vocab_size capacity_factor overflow cla_share

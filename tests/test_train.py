@@ -19,30 +19,8 @@ from moelab.model import Transformer
 from moelab.train import DataConfig, RunConfig, TrainConfig, optim, run_training
 from moelab.train.metrics import METRIC_KEYS
 from moelab.train.step import make_train_step, param_labels
-from tests._train_helpers import TINY, tiny_run, write_corpus
-
-SUMMARY_KEYS = (
-    "status",
-    "eval_loss",
-    "eval_bpb",
-    "train_loss",
-    "steps",
-    "tokens",
-    "flops",
-    "active_params",
-    "total_params",
-    "wall_time_s",
-    "tokens_per_s",
-    "mfu",
-    "expert_load",
-    "dropped_frac",
-    "recycled_frac",
-    "diverged_step",
-    "error",
-    "versions",
-    "git_commit",
-    "corpus_fingerprint",
-)
+from tests._train_helpers import METRIC_KEYS as CONTRACT_METRICS
+from tests._train_helpers import SUMMARY_KEYS, TINY, tiny_run, write_corpus
 
 
 @pytest.fixture(autouse=True)
@@ -260,7 +238,7 @@ def test_run_folder_contract(finished):
     assert s["first_step_s"] > 0 and s["tokens_per_s"] > 0 and s["wall_time_s"] > s["first_step_s"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(5, 41, 5))
-    assert all(set(METRIC_KEYS) <= set(r) for r in rows)
+    assert set(METRIC_KEYS) >= CONTRACT_METRICS and all(set(METRIC_KEYS) <= set(r) for r in rows)
     assert [r["step"] for r in rows if "eval_loss" in r] == [20, 40]
     assert rows[-1]["eval_loss"] == s["eval_loss"] and rows[-1]["lr"] == pytest.approx(0.1 * run.train.lr)
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]

@@ -12,12 +12,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a results folder holding runs.parquet")
     parser.add_argument("--out", default=None, help="report folder (default: RESULTS_DIR/report)")
     parser.add_argument("--target", default="hunyuan-large", help="preset to extrapolate to")
+    add_fit_options(parser)
+
+
+def add_fit_options(parser: argparse.ArgumentParser) -> None:
+    """--bootstrap, --starts, --laws: how the report fits (shared with ``moelab demo``)."""
     parser.add_argument(
         "--bootstrap",
         type=int,
         default=None,
         metavar="N",
-        help="bootstrap resamples per law for the intervals (default: 100)",
+        help="bootstrap resamples per law for the report's intervals (default: 100)",
     )
     parser.add_argument(
         "--starts",
