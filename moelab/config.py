@@ -38,6 +38,19 @@ OVERFLOW = ("drop", "recycle")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def dataclass_from_dict(cls, data: Any, what: str):
+    """``cls(**data)`` for a config dataclass, with one-line errors for a non-mapping or unknown fields."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    check(
+        not unknown,
+        f"unknown {what} config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",
+    )
+    return cls(**data)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of one decoder-only transformer of the family (all sizes are element counts).
@@ -181,15 +194,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"model config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        check(
-            not unknown,
-            f"unknown model config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",
-        )
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "model")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -20,24 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from moelab.config import ModelConfig
+from moelab.config import dataclass_from_dict as _from_dict
 from moelab.errors import ConfigError, check
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DEFAULT_TOKENS = 1 << 20
 #: TrainConfig fields that do not change the result (excluded from RunConfig.semantic_dict()).
 NON_SEMANTIC_TRAIN = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
-
-
-def _from_dict(cls, data: Any, what: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    check(
-        not unknown,
-        f"unknown {what} config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",
-    )
-    return cls(**data)
 
 
 def _is_int(v: Any) -> bool:
