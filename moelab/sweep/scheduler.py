@@ -49,7 +49,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     env = dict(os.environ)
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "WARNING"}
     if address:
-        _probe(address)
         kwargs["address"] = address
         _use_token_if_present()
     else:
@@ -131,8 +130,9 @@ def run_sweep(
 
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     trials = spec.trials()  # validates every config before anything starts
-    if address or os.environ.get("RAY_ADDRESS"):
-        _probe(address or os.environ["RAY_ADDRESS"])  # unreachable: fail before anything is written
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _probe(address)  # an unreachable cluster fails before anything is written
     root = sweep_dir(spec, results)
     t0 = time.perf_counter()
     with sweep_lock(root):
