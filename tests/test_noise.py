@@ -1,0 +1,130 @@
+"""moelab.train.noise: the gradient noise scale estimator against a toy whose noise scale is known exactly."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moelab.train.noise import (
+    GROUPS,
+    NoiseEMA,
+    group_masks,
+    group_sq_norms,
+    probe_sq_norms,
+    unbiased_components,
+)
+from moelab.train.optim import ParamKind
+
+# Linear regression y = x.w* + sigma*eps with x ~ N(0, I), loss 0.5 (x.w - y)^2 at w = w* + v. The per-example
+# gradient is g = x (x.v - sigma*eps): G = E g = v and Sigma = v v^T + (|v|^2 + sigma^2) I (Gaussian fourth
+# moments), so on a block of d_g coordinates B_simple = (|v_g|^2 + d_g (|v|^2 + sigma^2)) / |v_g|^2.
+D_EXPERT, D_SHARED, SIGMA = 8, 24, 0.5
+
+
+def _toy():
+    rng = np.random.default_rng(0)
+    w_star = {"e": jnp.asarray(rng.normal(size=D_EXPERT)), "s": jnp.asarray(rng.normal(size=D_SHARED))}
+    v = {"e": jnp.full(D_EXPERT, 0.3), "s": jnp.full(D_SHARED, 0.2)}
+    labels = {"e": ParamKind.EXPERT, "s": ParamKind.DECAY}
+    ve, vs = float(jnp.sum(v["e"] ** 2)), float(jnp.sum(v["s"] ** 2))
+    noise = ve + vs + SIGMA**2
+    true = {
+        "all": (ve + vs + (D_EXPERT + D_SHARED) * noise) / (ve + vs),
+        "expert": (ve + D_EXPERT * noise) / ve,
+        "shared": (vs + D_SHARED * noise) / vs,
+    }
+    return w_star, jax.tree.map(jnp.add, w_star, v), labels, true
+
+
+def _loss(p, batch):
+    x, y = batch[:, :-1], batch[:, -1]
+    return 0.5 * jnp.mean((x[:, :D_EXPERT] @ p["e"] + x[:, D_EXPERT:] @ p["s"] - y) ** 2)
+
+
+def test_recovers_known_noise_scale_within_10_percent():
+    w_star, w, labels, true = _toy()
+    masks = group_masks(labels)
+    batch, probes = 64, 1000
+
+    def one(key):
+        kx, ke = jax.random.split(key)
+        x = jax.random.normal(kx, (batch, D_EXPERT + D_SHARED))
+        y = (
+            x[:, :D_EXPERT] @ w_star["e"]
+            + x[:, D_EXPERT:] @ w_star["s"]
+            + SIGMA * jax.random.normal(ke, (batch,))
+        )
+        return probe_sq_norms(jax.grad(_loss), masks, w, jnp.concatenate([x, y[:, None]], 1))
+
+    out = jax.device_get(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), probes)))
+    ema = NoiseEMA(beta=0.995)
+    for i in range(probes):
+        ema.update({g: (out[g][0][i], out[g][1][i]) for g in out}, batch / 2, batch)
+    for group in GROUPS:
+        assert ema.b_simple(group) == pytest.approx(true[group], rel=0.10), group
+    # the naive ratio (squared norm of one batch, no correction) is far off: the test can tell them apart
+    naive = np.mean(out["all"][1]) / np.mean(out["all"][0])
+    assert abs(naive - true["all"]) / true["all"] > 0.5
+
+
+def test_unbiased_components_invert_the_expectation_exactly():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        g2, tr = rng.uniform(0.01, 10), rng.uniform(0.01, 1e4)
+        bs, bb = sorted(rng.choice(np.arange(1, 5000), 2, replace=False).astype(float))
+        got = unbiased_components(g2 + tr / bs, g2 + tr / bb, bs, bb)
+        np.testing.assert_allclose(got, (g2, tr), rtol=1e-9)
+    with pytest.raises(ValueError, match="b_small must be < b_big"):
+        unbiased_components(1.0, 1.0, 8, 8)
+
+
+def test_group_norms_match_a_plain_loop():
+    rng = np.random.default_rng(2)
+    kinds = [ParamKind.EXPERT, ParamKind.DECAY, ParamKind.NO_DECAY, ParamKind.EXPERT]
+    grads = {f"p{i}": jnp.asarray(rng.normal(size=(i + 2, 3)), jnp.float32) for i in range(4)}
+    labels = {f"p{i}": k for i, k in enumerate(kinds)}
+    got = group_sq_norms(grads, group_masks(labels))
+    ref = {"all": 0.0, "expert": 0.0, "shared": 0.0}
+    for name, g in grads.items():
+        s = float(np.sum(np.asarray(g, np.float64) ** 2))
+        ref["all"] += s
+        ref["expert" if labels[name] == ParamKind.EXPERT else "shared"] += s
+    for group in ref:
+        assert float(got[group]) == pytest.approx(ref[group], rel=1e-5)
+    assert set(group_masks({"a": ParamKind.DECAY})) == {"all", "shared"}  # a dense model has no expert group
+
+
+def test_probe_halves_against_separate_gradients():
+    _, w, labels, _ = _toy()
+    masks = group_masks(labels)
+    batch = jnp.asarray(np.random.default_rng(3).normal(size=(10, D_EXPERT + D_SHARED + 1)), jnp.float32)
+    got = probe_sq_norms(jax.grad(_loss), masks, w, batch)
+    ga, gb, gfull = (jax.grad(_loss)(w, b) for b in (batch[:5], batch[5:], batch))
+    sq = lambda t: sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(t))  # noqa: E731
+    assert float(got["all"][0]) == pytest.approx((sq(ga) + sq(gb)) / 2, rel=1e-5)
+    assert float(got["all"][1]) == pytest.approx(sq(gfull), rel=1e-5)
+    assert float(got["expert"][1]) == pytest.approx(sq(gfull["e"]), rel=1e-5)
+    with pytest.raises(ValueError, match="batch size must be even"):
+        probe_sq_norms(jax.grad(_loss), masks, w, batch[:5])
+
+
+def test_ema_bias_correction_state_and_unmeasurable_signal():
+    ema = NoiseEMA(beta=0.9)
+    assert ema.b_simple() is None and ema.metrics() == dict.fromkeys(
+        ("b_simple", "b_simple_expert", "b_simple_shared")
+    )
+    # constant probes: the bias-corrected average equals them from the first update on
+    g2, tr = 2.0, 300.0
+    for _ in range(3):
+        ema.update({"all": (g2 + tr / 8, g2 + tr / 16)}, 8, 16)
+        assert ema.b_simple() == pytest.approx(tr / g2)
+    again = NoiseEMA.from_dict(ema.to_dict())
+    assert again == ema and again.b_simple() == ema.b_simple()
+    for sq in ((4.0, 1.0), (1.0, 2.0)):  # |G|^2 estimate < 0; tr(Sigma) estimate < 0
+        noisy = NoiseEMA()
+        noisy.update({"all": sq}, 8, 16)
+        assert noisy.b_simple() is None  # not measurable, rather than a negative number
+    with pytest.raises(ValueError, match="beta"):
+        NoiseEMA(beta=1.0)
