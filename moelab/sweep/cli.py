@@ -113,12 +113,13 @@ def _status(args) -> int:
         from moelab.config import ModelConfig
         from moelab.sweep.runid import is_run_id
         from moelab.sweep.state import read_json
+        from moelab.train.identity import upgrade
 
         for d in sorted((folder / "runs").iterdir()):
             cfg = read_json(d / "config.json")
             if not is_run_id(d.name) or cfg is None:
                 continue
-            model = ModelConfig.from_dict(cfg["model"])
+            model = ModelConfig.from_dict(upgrade(cfg)["model"])
             from moelab.accounting import param_counts
 
             rows.append(

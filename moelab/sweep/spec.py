@@ -229,14 +229,14 @@ class SweepSpec:
 
     def trials(self) -> list[Trial]:
         """Every distinct run of the sweep (duplicate configurations collapse into one, first wins)."""
-        from moelab.sweep.runid import run_id
+        from moelab.sweep.runid import hash_of, run_id
 
         trials: dict[str, Trial] = {}
         err = _Errors(self.source)
         for point in self.points():
             run = build_run(self, point, err)
             rid = run_id(run)
-            trials.setdefault(rid, Trial(run_id=rid, run=run, point=point))
+            trials.setdefault(hash_of(rid), Trial(run_id=rid, run=run, point=point))
         return list(trials.values())
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from moelab.sweep.runid import is_run_id
 from moelab.sweep.state import read_json
+from moelab.train.identity import upgrade
 
 IDENTITY = ("run_id", "sweep", "status", "run_dir", "seed")
 MODEL = (
@@ -76,6 +77,7 @@ def run_row(
     summary = read_json(run_dir / "summary.json")
     if config is None or summary is None or "model" not in config:
         return None
+    config = upgrade(config)  # a field the writing code lacked reads as its baseline (what that code did)
     model_d = dict(config.get("model") or {})
     data_d = dict(config.get("data") or {})
     train_d = dict(config.get("train") or {})

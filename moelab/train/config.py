@@ -22,11 +22,12 @@ from typing import Any
 from moelab.config import ModelConfig
 from moelab.config import dataclass_from_dict as _from_dict
 from moelab.errors import ConfigError, check
+from moelab.train.identity import NON_SEMANTIC, canonical, semantic, upgrade
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DEFAULT_TOKENS = 1 << 20
 #: TrainConfig fields that do not change the result (excluded from RunConfig.semantic_dict()).
-NON_SEMANTIC_TRAIN = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints")
+NON_SEMANTIC_TRAIN = NON_SEMANTIC["train"]
 
 
 def _is_int(v: Any) -> bool:
@@ -231,12 +232,19 @@ class RunConfig:
             train=TrainConfig.from_dict(data.get("train") or {}),
         )
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> RunConfig:
+        """A RunConfig from a saved config.json: fields it lacks take their identity baseline (the behaviour
+        of the code that wrote it), not today's defaults (moelab.train.identity.upgrade)."""
+        return cls.from_dict(upgrade(data) if isinstance(data, dict) else data)
+
     def semantic_dict(self) -> dict[str, Any]:
-        """The fields that change the result (hashed into run ids; compared on resume)."""
-        d = self.to_dict()
-        for name in NON_SEMANTIC_TRAIN:
-            d["train"].pop(name)
-        return d
+        """The fields that change the result (compared on resume)."""
+        return semantic(self.to_dict())
+
+    def identity(self) -> dict[str, Any]:
+        """The semantic fields that differ from their baseline: what the run id hashes."""
+        return canonical(self.to_dict())
 
     def replace(self, **sections: Any) -> RunConfig:
         return dataclasses.replace(self, **sections)

@@ -63,7 +63,7 @@ def check_out_dir(run: RunConfig, out: Path) -> bool:
     if not cfg_path.exists():
         return False
     try:
-        there = RunConfig.from_dict(json.loads(cfg_path.read_text())).semantic_dict()
+        there = RunConfig.from_saved(json.loads(cfg_path.read_text())).semantic_dict()
     except (ValueError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"--out: {out} holds an unreadable config.json ({str(exc).splitlines()[0]})"

@@ -1,0 +1,125 @@
+"""What a run *is*: the canonical form of a RunConfig that its id hashes, and the upgrade of saved configs.
+
+A run id must survive the schema growing. Hashing every field would rename every run the day a field is added
+(and retrain the whole lab, orphaning committed results), so the hash is over a canonical form that leaves out
+each field equal to its **baseline**: the value that reproduces the behaviour the code had before the field
+existed (for the fields of the first schema, their values at commit 11da807). Adding a field with a neutral
+baseline therefore keeps every existing id (Marin's executor gets the same effect from ``versioned()``).
+
+The baseline is not the dataclass default and must never change: a default may move (a better choice for new
+runs) and new runs then hash the new value explicitly, while a saved run keeps meaning what it meant. For the
+same reason a saved ``config.json`` that lacks a field is read with the field's baseline, not its default
+(``upgrade``): the code that wrote it behaved as the baseline says.
+
+Every field of ModelConfig, DataConfig and TrainConfig must appear in ``BASELINE`` or in
+``NON_SEMANTIC`` (tests/test_runid.py checks it, so a new field cannot be forgotten).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+RUN_ID_LEN = 12
+
+#: Fields that do not change a run's result: how often to log, evaluate, checkpoint; trackers.
+NON_SEMANTIC: dict[str, tuple[str, ...]] = {
+    "model": (),
+    "data": (),
+    "train": ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"),
+}
+
+#: Per section, the value of every semantic field that reproduces the behaviour before it existed. The first
+#: schema's fields carry their 11da807 defaults. Append new fields; never edit a value.
+BASELINE: dict[str, dict[str, Any]] = {
+    "model": {
+        "vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "head_dim": 32,
+        "cla_share": 1, "qk_norm": False, "rope_theta": 10000.0, "max_seq_len": 256, "n_experts": 1,
+        "top_k": 1, "n_shared_experts": 0, "d_expert": 256, "d_shared": 0, "capacity_factor": 1.25,
+        "dispatch": "capacity", "overflow": "drop", "renormalize": False, "aux_loss_coef": 0.01,
+        "z_loss_coef": 0.001, "tie_embeddings": True, "norm_eps": 1e-05, "init_std": 0.02,
+        "dtype": "float32", "param_dtype": "float32",
+    },
+    "data": {
+        "corpus": "default", "format": "auto", "field": "text", "tokenizer": "byte", "val_fraction": 0.05,
+        "hf_split": "train", "hf_config": None,
+    },
+    "train": {
+        "tokens": None, "flops": None, "seq_len": 128, "batch_size": 16, "lr": 0.003, "schedule": "wsd",
+        "warmup_frac": 0.05, "anneal_frac": 0.05, "min_lr_ratio": 0.1, "weight_decay": 0.1, "beta1": 0.9,
+        "beta2": 0.95, "eps": 1e-08, "grad_clip": 1.0, "expert_lr_scale": 1.0, "seed": 0,
+        "eval_tokens": 32768,
+    },
+}  # fmt: skip
+
+#: The fields of the first schema (commit 11da807): the only ones its run ids hashed (see ``legacy_run_id``).
+SCHEMA_1: dict[str, frozenset[str]] = {s: frozenset(f) for s, f in BASELINE.items()}
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, compact separators, floats in Python's shortest round-trip form."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_default)
+
+
+def semantic(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The semantic fields of a RunConfig dict (``RunConfig.to_dict()`` or an upgraded saved config)."""
+    return {s: {k: v for k, v in (config.get(s) or {}).items() if k not in NON_SEMANTIC[s]} for s in BASELINE}
+
+
+def canonical(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The semantic fields that differ from their baseline: what a run id hashes."""
+    base = BASELINE
+    return {s: {k: v for k, v in fields.items() if k not in base[s] or not _same(v, base[s][k])}
+            for s, fields in semantic(config).items()}  # fmt: skip
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:RUN_ID_LEN]
+
+
+def run_hash(config: dict[str, Any]) -> str:
+    """``sha256(canonical_json(canonical(config)))[:12]``: the content hash part of a run id."""
+    return digest(canonical(config))
+
+
+def legacy_run_id(config: dict[str, Any]) -> str | None:
+    """The id the first schema gave this run (a hash of all its semantic fields), or None when the run uses a
+    field the first schema did not have at a non-baseline value (that code could not have trained it)."""
+    sem = semantic(config)
+    for s, fields in sem.items():
+        for k, v in fields.items():
+            if k not in SCHEMA_1[s] and not _same(v, BASELINE[s].get(k, _MISSING)):
+                return None
+    return digest({s: {k: v for k, v in fields.items() if k in SCHEMA_1[s]} for s, fields in sem.items()})
+
+
+def upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json brought to today's schema: a missing field takes its baseline, the value that
+    reproduces what the code that wrote the file did (not today's default, which may differ)."""
+    out = copy.deepcopy(saved)
+    for s, fields in BASELINE.items():
+        section = out.get(s)
+        if isinstance(section, dict):
+            for k, v in fields.items():
+                section.setdefault(k, v)
+    return out
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values (1 == 1.0 for numbers, True is not 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, tuple | set | frozenset):
+        return list(obj)
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON-serialisable in a run config: {type(obj).__name__}")
