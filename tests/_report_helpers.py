@@ -79,17 +79,15 @@ max_concurrency: 2
 """
 
 
-def real_results(tmp_path_factory) -> Path | None:
+def real_results(tmp_path_factory) -> Path:
     """A results folder made by a fast real sweep (session-cached): the sweep package's ``run_sweep`` on an
     embedded Ray, training six tiny MoE models on the default corpus (two model shapes: two compilations).
-    None when the sweep package is absent; a sweep that raises fails the test that asked for it."""
+    A sweep package that fails to import, or a sweep that raises, fails the test that asked for it."""
     if "real" in _CACHE:
         return _CACHE["real"]
-    try:
-        from moelab.sweep.scheduler import run_sweep
-        from moelab.sweep.spec import SweepSpec
-    except ImportError:
-        return None
+    from moelab.sweep.scheduler import run_sweep
+    from moelab.sweep.spec import SweepSpec
+
     root = tmp_path_factory.mktemp("realsweep")
     spec_path = root / "reporttest.yaml"
     spec_path.write_text(FAST_SWEEP)
@@ -101,13 +99,11 @@ def real_results(tmp_path_factory) -> Path | None:
 
 
 def notebook_results(tmp_path_factory) -> Path:
-    """The results the notebooks run against: the fast real sweep, or the synthetic set where the sweep
-    package is not installed (MOELAB_TEST_NOTEBOOKS=synthetic forces the synthetic one)."""
-    if os.environ.get("MOELAB_TEST_NOTEBOOKS") != "synthetic":
-        real = real_results(tmp_path_factory)
-        if real is not None:
-            return real
-    return synthetic_results(tmp_path_factory)
+    """The results the notebooks run against: the fast real sweep. The synthetic set only when asked for by
+    name (MOELAB_TEST_NOTEBOOKS=synthetic), never as a silent fallback."""
+    if os.environ.get("MOELAB_TEST_NOTEBOOKS") == "synthetic":
+        return synthetic_results(tmp_path_factory)
+    return real_results(tmp_path_factory)
 
 
 def chromium() -> str | None:

@@ -15,8 +15,6 @@ EPOCH_95 = {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)
 @pytest.fixture(scope="module")
 def epoch_runs(shared_data):
     path = shared_data / "chinchilla_svg_extracted.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
     df = analysis.load_runs(
         path, columns={"active_params": "Model Size", "flops": "Training FLOP", "loss": "loss"},
         tokens_from_flops=True,

@@ -1,8 +1,8 @@
 """Every notebook executes, cell by cell, on a real ipykernel against a small results folder.
 
 The folder is made by a fast real sweep (six tiny MoE models trained on an embedded Ray; see
-tests/_report_helpers.py), or the synthetic one where the sweep package is absent; MOELAB_RESULTS points the
-notebooks at it. Notebooks are committed without outputs.
+tests/_report_helpers.py; the synthetic one only with MOELAB_TEST_NOTEBOOKS=synthetic); MOELAB_RESULTS points
+the notebooks at it. Notebooks are committed without outputs.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ EXPECTED = ["01_sweep_overview.ipynb", "02_fit_scaling_laws.ipynb", "03_extrapol
 def _kernel_name(tmp_path: Path, monkeypatch) -> str:
     """A kernelspec that runs this very interpreter (the .venv's python with moelab installed), placed on
     JUPYTER_PATH, so a user-level ``python3`` kernelspec pointing elsewhere cannot shadow it."""
-    pytest.importorskip("ipykernel")
     spec_dir = tmp_path / "jupyter" / "kernels" / "moelab-test"
     spec_dir.mkdir(parents=True)
     spec = {

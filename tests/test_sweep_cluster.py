@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,17 @@ from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = Path(sys.executable).with_name("ray")
+
+
+def ray_command() -> list[str]:
+    """Ray's command line: the ``ray`` script of this interpreter's environment (the venv's bin, even when
+    pytest runs through a symlinked or system interpreter), else Ray's own entry point run by this
+    interpreter. Ray is a dependency, so this test never skips for want of the command."""
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        script = Path(folder) / "ray"
+        if script.is_file():
+            return [str(script)]
+    return [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
 
 
 def free_port() -> int:
@@ -29,8 +40,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def cluster(tmp_path):
-    if not RAY.exists():
-        pytest.skip(f"no ray command beside {sys.executable}")
+    ray = ray_command()
     port = free_port()
     # A short temp dir: Ray's socket paths must stay under the 107-byte limit of AF_UNIX.
     temp = Path(f"/tmp/moelab-ray-{os.getpid()}")
@@ -42,7 +52,7 @@ def cluster(tmp_path):
         "PYTHONPATH": str(REPO),
     }
     start = [
-        str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+        *ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats",
     ]  # fmt: skip
     out = subprocess.run(start, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
@@ -51,7 +61,7 @@ def cluster(tmp_path):
     try:
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
 
 
