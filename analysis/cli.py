@@ -50,7 +50,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--extrapolate", nargs="?", const="hunyuan-large", metavar="PRESET", help="predict a preset's loss"
     )
     parser.add_argument(
-        "--tokens", type=float, default=7e12, help="training tokens of the preset (default 7e12)"
+        "--tokens", type=float, default=None, help="training tokens (default: the preset's published ones)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -7,39 +7,64 @@ For a law L(N, D, ...) and a compute model C = C(N, D), the frontier minimises L
 log-spaced grid of N, then a parabola through the best grid point and its neighbours. Bootstrap samples give
 percentile intervals of every frontier quantity.
 
-Compute models: ``"6ND"`` (C = 6 N D), ``"hunyuan"`` (C = 9.59 N D + 2.3e8 D, Tencent 2024, used for the
-comparison with Hunyuan-Large's own law), or a number kappa (C = kappa N D, e.g. fitted from the runs'
-``flops`` by :func:`fit_kappa`).
+Compute models (:func:`cost_per_token`): ``"6ND"`` (C = 6 N D); a number kappa (C = kappa N D, e.g.
+:func:`fit_kappa` of the runs' ``flops``); a callable N -> training FLOPs per token (e.g. :func:`fit_cost`,
+the runs' own accounting as a power of N); or the name of a preset whose paper gives a compute model
+(``"hunyuan-large"``: its C = k N D + a D, from ``moelab.presets.paper_facts``), used to compare with that
+paper's allocation law at the compute model it was fitted on. ``"hunyuan"`` is kept as a short name for it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
 from analysis.fit import FitResult
 from analysis.laws import Law
-from moelab.errors import MoelabError
+from moelab.errors import ConfigError, MoelabError
+from moelab.presets import PaperFacts, paper_facts
 
-HUNYUAN_K, HUNYUAN_ATT = 9.59, 2.3e8  # Tencent 2024: C ~= 9.59 N D + 2.3e8 D
+COMPUTE_ALIASES = {"hunyuan": "hunyuan-large"}
+
+
+def compute_facts(compute) -> PaperFacts | None:
+    """The paper facts behind a named compute model (None for "6ND", numbers and callables)."""
+    if isinstance(compute, str) and compute != "6ND":
+        try:
+            return paper_facts(COMPUTE_ALIASES.get(compute, compute))
+        except ConfigError:
+            raise MoelabError(
+                f"unknown compute model {compute!r}; use 6ND, a number kappa (C = kappa N D), a callable "
+                "N -> FLOPs per token, or a preset with paper facts (hunyuan-large)"
+            ) from None
+    return None
+
+
+def cost_per_token(N, compute="6ND"):
+    """Training FLOPs per token of a model with N activated parameters under ``compute``."""
+    N = np.asarray(N, np.float64)
+    if isinstance(compute, str) and compute == "6ND":
+        return 6.0 * N
+    if isinstance(compute, int | float) and not isinstance(compute, bool):
+        return float(compute) * N
+    if callable(compute):
+        return np.asarray(compute(N), np.float64)
+    facts = compute_facts(compute)
+    if facts is None:
+        raise MoelabError(f"unknown compute model {compute!r}")
+    return facts.cost_per_token(N)
 
 
 def tokens_for(C, N, compute="6ND"):
     """Tokens D spending compute C on a model of N activated parameters."""
-    if compute == "6ND":
-        return C / (6.0 * N)
-    if compute == "hunyuan":
-        return C / (HUNYUAN_K * N + HUNYUAN_ATT)
-    if isinstance(compute, int | float):
-        return C / (float(compute) * N)
-    raise MoelabError(
-        f"unknown compute model {compute!r}; use 6ND, hunyuan or a number kappa (C = kappa N D)"
-    )
+    return np.asarray(C, np.float64) / cost_per_token(N, compute)
 
 
 def compute_for(N, D, compute="6ND"):
     """Compute C of N activated parameters trained on D tokens."""
-    return np.asarray(D, np.float64) / tokens_for(1.0, np.asarray(N, np.float64), compute)
+    return np.asarray(D, np.float64) * cost_per_token(N, compute)
 
 
 def fit_kappa(df: pd.DataFrame) -> float:
@@ -51,6 +76,24 @@ def fit_kappa(df: pd.DataFrame) -> float:
     if not k.size:
         raise MoelabError("no run has finite flops, active_params and tokens to fit a compute model")
     return float(np.median(k))
+
+
+def fit_cost(df: pd.DataFrame) -> Callable[[np.ndarray], np.ndarray]:
+    """The runs' own training FLOPs per token as a power of N (least squares of log(flops/tokens) on log N),
+    so a frontier drawn over the runs lives on the same compute axis as the points (the accounting's
+    attention and output-layer terms make the cost per token grow slower than N at small sizes). One size
+    only: C = kappa N D with kappa from :func:`fit_kappa`."""
+    n = df["active_params"].to_numpy(np.float64)
+    fpt = df["flops"].to_numpy(np.float64) / df["tokens"].to_numpy(np.float64)
+    ok = np.isfinite(n) & np.isfinite(fpt) & (n > 0) & (fpt > 0)
+    n, fpt = n[ok], fpt[ok]
+    if not n.size:
+        raise MoelabError("no run has finite flops, active_params and tokens to fit a compute model")
+    if np.ptp(np.log(n)) < 1e-6:
+        k = float(np.median(fpt / n))
+        return lambda x: k * np.asarray(x, np.float64)
+    slope, icpt = np.polyfit(np.log(n), np.log(fpt), 1)
+    return lambda x: np.exp(icpt) * np.asarray(x, np.float64) ** slope
 
 
 def chinchilla_closed_form(p: dict, C) -> tuple[np.ndarray, np.ndarray]:

@@ -88,20 +88,15 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     - the router (``d_model * n_experts`` weights) is part of N_active; dispatch gathers/scatters, softmax and
       norms are not counted (well under 1%).
 
-    Hunyuan-Large (arXiv 2411.02265, sec. 4.1) writes ``C = 9.59 N D + 2.3e8 D``; their 9.59 > 6 folds in
+    Hunyuan-Large's paper writes its own compute model, whose coefficient of N D is above 6: it folds in
     costs this formula leaves out (the paper does not break it down): compare with
-    ``hunyuan_compute_per_token``.
+    ``moelab.presets.paper_facts("hunyuan-large").cost_per_token``.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     n = param_counts(cfg).active + cfg.d_model * cfg.vocab_size
     attention = 12 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim
     return float(6 * n + attention)
-
-
-def hunyuan_compute_per_token(cfg: ModelConfig) -> float:
-    """Hunyuan-Large's empirical ``C / D = 9.59 N + 2.3e8`` (N activated non-embedding parameters)."""
-    return 9.59 * param_counts(cfg).active + 2.3e8
 
 
 def kv_cache_bytes_per_token(cfg: ModelConfig, bytes_per_value: int = 2) -> int:

@@ -9,9 +9,17 @@ sweep over the same budgets trains:
 - ``moe8-<size>``: 8 experts, top-1, granularity 1, no shared expert (classic Switch-style);
 - ``hy8-<size>``: 8 routed experts, top-1, one shared expert, shared_ratio 0.5 (Hunyuan-Large's recipe),
   recycle routing.
+
+A preset taken from a paper also carries what the paper reports beyond its architecture
+(``paper_facts(name)``: training tokens, the paper's compute model and its fitted compute-optimal allocation
+law). These facts have this one home; the analysis (extrapolation, report, sweep generators) reads them here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
 
 from moelab.config import ModelConfig
 from moelab.errors import ConfigError
@@ -46,6 +54,53 @@ HUNYUAN_LARGE = ModelConfig(
 )
 
 
+@dataclass(frozen=True)
+class PaperFacts:
+    """What a preset's paper reports beyond the architecture.
+
+    The compute model is ``C = compute_coef * N * D + compute_per_token * D`` (N activated non-embedding
+    parameters, D tokens); the allocation law is ``N_opt = n_opt[0] * C^n_opt[1]``, ``D_opt = d_opt[0] *
+    C^d_opt[1]``, fitted by the paper on that compute model over ``fit_compute`` FLOPs.
+    """
+
+    source: str
+    train_tokens: float
+    compute_coef: float
+    compute_per_token: float
+    n_opt: tuple[float, float]
+    d_opt: tuple[float, float]
+    fit_compute: tuple[float, float]
+
+    def cost_per_token(self, n_active):
+        """Training FLOPs per token of a model with ``n_active`` activated parameters (the paper's model)."""
+        return self.compute_coef * np.asarray(n_active, np.float64) + self.compute_per_token
+
+    def compute(self, n_active, tokens):
+        """Training compute C of ``n_active`` activated parameters on ``tokens`` tokens (paper's model)."""
+        return self.cost_per_token(n_active) * np.asarray(tokens, np.float64)
+
+    def allocation(self, compute) -> tuple[np.ndarray, np.ndarray]:
+        """The paper's compute-optimal (N_opt, D_opt) at compute C (in the paper's compute model)."""
+        c = np.asarray(compute, np.float64)
+        return self.n_opt[0] * c ** self.n_opt[1], self.d_opt[0] * c ** self.d_opt[1]
+
+
+#: Hunyuan-Large (Tencent 2024, arXiv 2411.02265, sec. 4.1): trained on 7T tokens; compute
+#: C = 9.59 N D + 2.3e8 D (N activated non-embedding); N_opt = 5.9e-3 C_min^0.5305 and D_opt = 3.2 C_min^0.50
+#: fitted on IsoFLOP budgets of 5e18 to 9.5e19 FLOPs, where C_min = C / (1 + B / B_crit) is the compute at an
+#: ideal batch (the paper's C is used as C_min here). The law's optimum is 58.1B / 5.6T (the fixed point of
+#: the law under this compute model); they chose 52B / 7T.
+HUNYUAN_LARGE_FACTS = PaperFacts(
+    source="Tencent 2024, Hunyuan-Large (arXiv 2411.02265), sec. 4.1",
+    train_tokens=7.0e12,
+    compute_coef=9.59,
+    compute_per_token=2.3e8,
+    n_opt=(5.9e-3, 0.5305),
+    d_opt=(3.2, 0.50),
+    fit_compute=(5.0e18, 9.5e19),
+)
+
+
 def _ladder() -> dict[str, ModelConfig]:
     presets: dict[str, ModelConfig] = {}
     for size, budget in LADDER.items():
@@ -58,6 +113,7 @@ def _ladder() -> dict[str, ModelConfig]:
 
 
 PRESETS: dict[str, ModelConfig] = {**_ladder(), "hunyuan-large": HUNYUAN_LARGE}
+PAPER_FACTS: dict[str, PaperFacts] = {"hunyuan-large": HUNYUAN_LARGE_FACTS}
 
 
 def get_preset(name: str) -> ModelConfig:
@@ -66,3 +122,22 @@ def get_preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; allowed: {', '.join(PRESETS)}") from None
+
+
+def paper_facts(name: str) -> PaperFacts:
+    """The paper facts of preset ``name`` (ConfigError naming the presets that have them otherwise)."""
+    if name not in PAPER_FACTS:
+        get_preset(name)  # an unknown name gets the list of presets
+        raise ConfigError(
+            f"preset {name!r} has no paper facts (training tokens, compute model, allocation law); "
+            f"presets with them: {', '.join(PAPER_FACTS)}"
+        )
+    return PAPER_FACTS[name]
+
+
+def published_train_tokens(cfg: ModelConfig) -> float | None:
+    """The paper's training tokens of the preset ``cfg`` is (compared by value), None for any other config."""
+    for name, facts in PAPER_FACTS.items():
+        if PRESETS[name] == cfg:
+            return facts.train_tokens
+    return None

@@ -110,9 +110,8 @@ def test_frontier_intervals_bracket_point_estimate():
     fr = frontier(res, [1e20, 1e23])
     for k in ("N_opt", "D_opt", "L_opt"):
         assert np.all(fr[f"{k}_lo"] <= fr[k] * 1.001) and np.all(fr[k] <= fr[f"{k}_hi"] * 1.001)
-    ex = analysis.extrapolate(res, "hunyuan-large", 7e12)
+    ex = analysis.extrapolate(res, "hunyuan-large")
     assert ex["loss_interval"][0] <= ex["loss"] <= ex["loss_interval"][1]
-    assert ex["paper_law"]["N_opt"] == pytest.approx(5.9e-3 * ex["compute_hunyuan"] ** 0.5305)
     assert "tokenizer" in ex["warning"]
 
 

@@ -14,6 +14,7 @@ from analysis.fit import FitWarning, prepare
 from analysis.laws import get_law
 from moelab.cli import main
 from moelab.errors import MoelabError
+from moelab.presets import paper_facts
 
 
 def _sweep(root, name, df):
@@ -103,11 +104,12 @@ def test_cli_results_dir_json_with_holdout_and_extrapolation(tmp_path, capsys):
     assert set(d) >= {"law", "params", "stderr", "intervals", "n_points", "holdout", "extrapolation"}
     assert set(d["params"]) == {"E", "A", "B", "alpha", "beta"} and d["n_points"] == 48
     assert d["holdout"]["n_held_out"] == 12 and len(d["holdout"]["runs"]) == 12
-    assert d["extrapolation"]["preset"] == "hunyuan-large" and d["extrapolation"]["tokens"] == 7e12
+    assert d["extrapolation"]["preset"] == "hunyuan-large"
+    assert d["extrapolation"]["tokens"] == paper_facts("hunyuan-large").train_tokens  # the preset's default
     assert d["holdout"]["mean_abs_rel_error"] < 0.03
-    argv = ["--holdout", 0.2, "--extrapolate", "hunyuan-large", "--tokens", 7e12]
+    argv = ["--holdout", 0.2, "--extrapolate", "hunyuan-large", "--tokens", 2e12]
     rc, out, err = _run(capsys, tmp_path, *argv)
-    assert rc == 0 and "Hunyuan-Large law" in out and "tokenizer" in out
+    assert rc == 0 and "D = 2e+12 tokens" in out and "the paper's law at that C" in out and "tokenizer" in out
 
 
 def test_cli_csv_bad_input_exits_2_with_one_line(tmp_path, capsys):

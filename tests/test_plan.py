@@ -23,7 +23,7 @@ from moelab.parallel.planner import (
     plan,
 )
 from moelab.parallel.rules import PARAM_RULES, spec_entries
-from moelab.presets import PRESETS, get_preset
+from moelab.presets import PRESETS, get_preset, paper_facts
 
 HY = get_preset("hunyuan-large")
 STATE_BYTES = 2 + 4 + 8 + 4  # bf16 weights, fp32 master, Adam m and v, fp32 gradients
@@ -77,7 +77,7 @@ def test_plan_internal_consistency(chip, chips):
     assert p.memory["fp32 master weights"] == 4 * local_params(HY, m)
     assert p.flops_per_step == pytest.approx(train_flops_per_token(HY, 4096) * p.batch * 4096)
     assert p.step_time_s == pytest.approx(p.flops_per_step / (chips * c.peak_bf16_flops * 0.4))
-    assert p.days_to_train * p.tokens_per_day == pytest.approx(7e12)
+    assert p.days_to_train * p.tokens_per_day == pytest.approx(paper_facts("hunyuan-large").train_tokens)
     # KV cache: Hunyuan-Large's table (GQA + CLA, bf16): 2 * n_kv_heads * head_dim * n_layers / 2 * 2 bytes
     assert p.kv_cache_bytes_per_token == kv_cache_bytes_per_token(HY) == 2 * 8 * 80 * 32 * 2
     assert p.kv_cache_bytes_per_256k_sequence == p.kv_cache_bytes_per_token * 262144
@@ -143,8 +143,12 @@ def test_cli_plan_text_and_json(capsys):
 def test_cli_plan_config_file(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"model": PRESETS["hy8-1m"].to_dict(), "train": {}}))
-    assert main(["plan", "--config", str(path), "--chips", "8", "--chip", "h200", "--seq", "256"]) == 0
+    argv = ["plan", "--config", str(path), "--chips", "8", "--chip", "h200", "--seq", "256"]
+    assert main([*argv, "--tokens", "1e9"]) == 0
     assert "FITS" in capsys.readouterr().out
+    # a config that is no paper preset has no published training tokens to default to
+    assert main(argv) == 2
+    assert "--tokens" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -239,16 +239,8 @@ def _extrapolation_section(an: Analysis) -> Section | None:
     ex = an.extrapolation
     if not ex:
         return None
-    fig = (
-        F.extrapolation(an.frontier_far, ex, ex.get("paper"), an.isoflop_points)
-        if an.frontier_far is not None
-        else None
-    )
+    fig = F.extrapolation(an.frontier_far, ex, an.isoflop_points) if an.frontier_far is not None else None
     rows = [
-        {"quantity": "activated parameters N", "value": F.sci(ex["active_params"])},
-        {"quantity": "total parameters", "value": F.sci(ex.get("total_params"))},
-        {"quantity": "training tokens D", "value": F.sci(ex["tokens"])},
-        {"quantity": "training compute C (FLOPs)", "value": F.sci(ex.get("flops"))},
         {
             "quantity": f"predicted loss ({ex.get('law', an.best)})",
             "value": f"{ex['loss']:.3f} nats/token, 95% [{ex['loss_lo']:.3f}, {ex['loss_hi']:.3f}]"
@@ -256,8 +248,7 @@ def _extrapolation_section(an: Analysis) -> Section | None:
             else f"{ex['loss']:.3f} nats/token",
         },
     ]
-    for extra in ex.get("rows", []):
-        rows.append(extra)
+    rows = ex.get("rows", []) + rows
     name = ex.get("name", "target")
     return Section(
         "extrapolation",

@@ -118,7 +118,8 @@ def loss_vs_compute(
     law_label: str = "fitted law",
 ):
     """Final held-out loss against training compute, coloured by activated parameters, with the law's
-    compute-optimal frontier L*(C) (``frontier`` has columns flops, loss)."""
+    compute-optimal frontier L*(C) (``frontier``: analysis.frontier.frontier's columns C, L_opt[, L_opt_lo,
+    L_opt_hi])."""
     if len(ok) < 2:
         return None
     plt = _plt()
@@ -141,18 +142,18 @@ def loss_vs_compute(
         ax.scatter(ho["flops"], ho["loss"], label="held out of the fit", **HOLDOUT)
     if frontier is not None and len(frontier):
         ax.plot(
-            frontier["flops"],
-            frontier["loss"],
+            frontier["C"],
+            frontier["L_opt"],
             "-",
             color="crimson",
             lw=1.6,
             label=f"compute-optimal frontier ({law_label})",
         )
-        if {"loss_lo", "loss_hi"} <= set(frontier.columns):
+        if {"L_opt_lo", "L_opt_hi"} <= set(frontier.columns):
             ax.fill_between(
-                frontier["flops"],
-                frontier["loss_lo"],
-                frontier["loss_hi"],
+                frontier["C"],
+                frontier["L_opt_lo"],
+                frontier["L_opt_hi"],
                 color="crimson",
                 alpha=0.12,
                 lw=0,
@@ -447,61 +448,44 @@ def heldout(table: pd.DataFrame, runs: pd.DataFrame | None = None):
     return fig
 
 
-def extrapolation(
-    frontier: pd.DataFrame, target: dict, paper: dict | None, points: pd.DataFrame | None = None
-):
+def extrapolation(frontier: pd.DataFrame, target: dict, points: pd.DataFrame | None = None):
     """The fitted compute-optimal N_opt(C) and D_opt(C) carried out to the target's compute, next to the
-    paper's own allocation law and the target's chosen (N, D)."""
+    paper's own allocation law and the target's chosen (N, D). ``frontier`` is analysis.frontier.frontier's
+    table in the paper's compute model, with the paper's law as columns paper_N_opt, paper_D_opt
+    (analysis.extrapolate.paper_allocation); ``points`` has C, N_opt, D_opt (IsoFLOP minima)."""
     if frontier is None or frontier.empty:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0))
-    for ax, col, name, unit in [
-        (axes[0], "n_opt", "N_opt", "activated parameters"),
-        (axes[1], "d_opt", "D_opt", "tokens"),
+    c = frontier["C"].to_numpy(dtype=float)
+    for ax, col, unit, tkey in [
+        (axes[0], "N_opt", "activated parameters", "active_params"),
+        (axes[1], "D_opt", "tokens", "tokens"),
     ]:
-        if col not in frontier:
-            continue
-        ax.plot(frontier["flops"], frontier[col], "-", color="C0", lw=1.6, label="this sweep's fit")
+        ax.plot(c, frontier[col], "-", color="C0", lw=1.6, label="this sweep's fitted law")
         if f"{col}_lo" in frontier:
             ax.fill_between(
-                frontier["flops"],
-                frontier[f"{col}_lo"],
-                frontier[f"{col}_hi"],
-                color="C0",
-                alpha=0.15,
-                lw=0,
+                c, frontier[f"{col}_lo"], frontier[f"{col}_hi"], color="C0", alpha=0.15, lw=0,
                 label="95% bootstrap band",
-            )
-        if paper and f"{col}_coef" in paper:
-            c = frontier["flops"].to_numpy(dtype=float)
+            )  # fmt: skip
+        if f"paper_{col}" in frontier:
             ax.plot(
-                c,
-                paper[f"{col}_coef"] * c ** paper[f"{col}_exp"],
-                "--",
-                color="C3",
-                lw=1.4,
-                label=f"{paper.get('label', 'paper')}: {name} = "
-                f"{paper[f'{col}_coef']:g}·C^{paper[f'{col}_exp']:g}",
-            )
+                c, frontier[f"paper_{col}"], "--", color="C3", lw=1.4,
+                label=f"the paper's allocation law ({frontier.attrs.get('paper', 'paper')})",
+            )  # fmt: skip
         if points is not None and col in points:
-            ax.plot(points["flops"], points[col], "o", color="k", ms=4, label="IsoFLOP minima (this sweep)")
-        tv = target.get({"n_opt": "active_params", "d_opt": "tokens"}[col])
+            ax.plot(points["C"], points[col], "o", color="k", ms=4, label="IsoFLOP minima (this sweep)")
+        tv = target.get(tkey)
         if tv and target.get("flops"):
             ax.plot(
-                [target["flops"]],
-                [tv],
-                "*",
-                ms=15,
-                color="gold",
-                mec="k",
+                [target["flops"]], [tv], "*", ms=15, color="gold", mec="k",
                 label=f"{target.get('name', 'target')} ({sci(tv)})",
-            )
+            )  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("training compute C (FLOPs)")
-        ax.set_ylabel(f"{name} ({unit})")
-        ax.set_title(f"Compute-optimal {name}")
+        ax.set_xlabel("training compute C (FLOPs, the paper's compute model)")
+        ax.set_ylabel(f"{col} ({unit})")
+        ax.set_title(f"Compute-optimal {col}")
         ax.legend(loc="upper left", fontsize=7.5)
     fig.tight_layout()
     return fig

@@ -206,22 +206,6 @@ def analyse(
     return an
 
 
-# Hunyuan-Large (arXiv 2411.02265): trained on 7T tokens; its own compute-optimal allocation, fitted on
-# C_min from 5e18 to 9.5e19 FLOPs: N_opt = 5.9e-3 C^0.5305 (activated), D_opt = 3.2 C^0.50
-# (../shared/LAWS.md).
-TARGET_TOKENS = {"hunyuan-large": 7.0e12}
-PAPER_LAWS = {
-    "hunyuan-large": {
-        "n_opt_coef": 5.9e-3,
-        "n_opt_exp": 0.5305,
-        "d_opt_coef": 3.2,
-        "d_opt_exp": 0.50,
-        "label": "Hunyuan-Large paper's law",
-    },
-}
-TARGET_SEQ_LEN = 4096  # for moelab.accounting's attention term at the target
-
-
 def _arch_row(n, d, knobs: dict) -> pd.DataFrame:
     n = np.atleast_1d(np.asarray(n, dtype=float))
     d = np.broadcast_to(np.asarray(d, dtype=float), n.shape)
@@ -238,52 +222,29 @@ def _samples(res, max_samples: int = 200) -> list[dict]:
     return [dict(zip(b.names, row, strict=True)) for row in np.asarray(b.samples)[:max_samples]]
 
 
-def frontier(res, flops: np.ndarray, knobs: dict, n_grid: np.ndarray, cost) -> pd.DataFrame:
-    """The compute-optimal frontier of a fitted law L(N, D): at each compute C, the N minimising
-    L(N, C / cost(N)) over ``n_grid`` (Hoffmann et al. 2022, eq. 4 numerically, for any law and any cost model
-    C = cost(N)·D), with 95% percentile bands over the bootstrap samples."""
-
-    def solve(params):
-        nn, cc = np.meshgrid(n_grid, flops)
-        dd = cc / cost(nn)
-        pred = np.asarray(res.law.predict(params, _arch_row(nn.ravel(), dd.ravel(), knobs)), dtype=float)
-        pred = np.where(np.isfinite(pred), pred, np.inf).reshape(nn.shape)
-        j = np.argmin(pred, axis=1)
-        rows = np.arange(len(flops))
-        # a minimum on the grid's edge is no minimum (the law keeps improving beyond it): leave it out
-        edge = np.where((j == 0) | (j == len(n_grid) - 1), np.nan, 1.0)
-        return pred[rows, j] * edge, nn[rows, j] * edge, dd[rows, j] * edge
-
-    loss, n_opt, d_opt = solve(res.params)
-    out = pd.DataFrame({"flops": flops, "loss": loss, "n_opt": n_opt, "d_opt": d_opt})
-    samples = _samples(res)
-    if len(samples) >= 5:
-        sol = [solve(p) for p in samples]
-        for k, name in enumerate(("loss", "n_opt", "d_opt")):
-            stack = np.array([x[k] for x in sol])
-            out[f"{name}_lo"], out[f"{name}_hi"] = np.nanpercentile(stack, [2.5, 97.5], axis=0)
-    return out
-
-
-def _flops_model(ok: pd.DataFrame):
-    """The sweep's cost per token as a power of N, fitted to the runs' own accounting (log-log least squares)
-    so the in-sweep frontier lives on the same compute axis as the points."""
-    n = ok["active_params"].to_numpy(dtype=float)
-    fpt = (ok["flops"] / ok["tokens"]).to_numpy(dtype=float)
-    if np.ptp(np.log(n)) < 1e-6:
-        k = float(np.median(fpt / n))
-        return lambda x: k * np.asarray(x, dtype=float)
-    slope, icpt = np.polyfit(np.log(n), np.log(fpt), 1)
-    return lambda x: np.exp(icpt) * np.asarray(x, dtype=float) ** slope
-
-
 def _knobs(law, row: dict) -> dict:
     return {c: row[c] for c in law.columns if c not in ("active_params", "tokens")}
 
 
+def _masked_frontier(res, C, compute, knobs) -> pd.DataFrame:
+    """analysis.frontier.frontier with minima on the edge of its N grid blanked (no interior optimum)."""
+    from analysis.frontier import frontier
+
+    fr = frontier(res, C, compute=compute, config=knobs)
+    if "on_edge" in fr:
+        cols = [c for c in fr.columns if c not in ("C", "on_edge")]
+        fr.loc[fr["on_edge"].astype(bool), cols] = np.nan
+    return fr
+
+
 def _frontier_and_extrapolation(an: Analysis, ok: pd.DataFrame, target: str) -> None:
-    """The best law with a data term (N and D) drawn as a frontier over the sweep's compute, and carried to
-    ``target`` (a moelab preset) at its training tokens."""
+    """The best law with a data term (N and D): its frontier over the sweep's compute (the runs' own cost per
+    token) and its extrapolation to ``target`` (:func:`analysis.extrapolate.extrapolate`), with the frontier
+    carried to the target's compute in the paper's compute model beside the paper's allocation law."""
+    from analysis.extrapolate import extrapolate, paper_allocation
+    from analysis.frontier import fit_cost
+    from moelab.errors import MoelabError
+
     cands = [x for x in an.laws if {"active_params", "tokens"} <= set(an.results[x.name].law.columns)]
     if not cands:
         return
@@ -295,91 +256,72 @@ def _frontier_and_extrapolation(an: Analysis, ok: pd.DataFrame, target: str) -> 
     res = an.results[best]
     best_run = ok.loc[ok["loss"].idxmin()]
     knobs = _knobs(res.law, best_run.to_dict())
-    cost = _flops_model(ok)
     c_lo, c_hi = float(ok["flops"].min()), float(ok["flops"].max())
-    flops = np.geomspace(c_lo / 1.5, c_hi * 1.5, 40)
-    n_lo, n_hi = float(ok["active_params"].min()), float(ok["active_params"].max())
-    an.frontier = frontier(res, flops, knobs, np.geomspace(n_lo / 30, n_hi * 30, 300), cost)
+    an.frontier = _masked_frontier(res, np.geomspace(c_lo / 1.5, c_hi * 1.5, 40), fit_cost(ok), knobs)
     an.frontier.attrs["law"] = best
-    if target not in TARGET_TOKENS:
-        an.notes.append(f"No training-token count is known for {target}: no extrapolation.")
+    try:
+        ex = extrapolate(res, target)
+    except MoelabError as exc:
+        an.notes.append(f"No extrapolation to {target}: {str(exc).splitlines()[0]}")
         return
-    from moelab.accounting import param_counts, train_flops_per_token
-    from moelab.presets import get_preset
-
-    cfg = get_preset(target)
-    counts = param_counts(cfg)
-    tokens = TARGET_TOKENS[target]
-    row = {
-        "active_params": float(counts.active),
-        "tokens": tokens,
-        "n_experts": cfg.n_experts,
-        "shared_ratio": float(cfg.shared_ratio),
-        "granularity": float(cfg.granularity),
-        "top_k": cfg.top_k,
-    }
-    tknobs = _knobs(res.law, row)
-    x = _arch_row(row["active_params"], tokens, tknobs)
-    loss = float(np.asarray(res.law.predict(res.params, x))[0])
-    samples = [float(np.asarray(res.law.predict(p, x))[0]) for p in _samples(res)]
-    lo, hi = np.nanpercentile(samples, [2.5, 97.5]) if len(samples) >= 5 else (None, None)
-    flops_moelab = train_flops_per_token(cfg, TARGET_SEQ_LEN) * tokens
-    c6 = 6.0 * counts.active * tokens
-    decades = np.log10(c6 / c_hi)
-    # the far frontier uses C = 6 N D (Kaplan et al. 2020), the convention of both papers' allocation laws
-    far = np.geomspace(c_lo, c6 * 30, 60)
-    an.frontier_far = frontier(
-        res,
-        far,
-        tknobs,
-        np.geomspace(n_lo / 10, counts.active * 1e3, 400),
-        lambda n: 6.0 * np.asarray(n, dtype=float),
-    )
-    paper = PAPER_LAWS.get(target)
-    rows = []
-    if paper:
-        n_p = paper["n_opt_coef"] * c6 ** paper["n_opt_exp"]
-        d_p = paper["d_opt_coef"] * c6 ** paper["d_opt_exp"]
-        j = int(np.argmin(np.abs(np.log(far / c6))))
-        ours_n, ours_d = an.frontier_far["n_opt"].iloc[j], an.frontier_far["d_opt"].iloc[j]
-        rows = [
+    decades = float(np.log10(ex["compute_accounting"] / c_hi))
+    rows = [
+        {"quantity": "activated parameters N (non-embedding)", "value": f"{ex['active_params']:.3g}"},
+        {"quantity": "total parameters (non-embedding)", "value": f"{ex['total_params']:.3g}"},
+        {"quantity": "training tokens D", "value": f"{ex['tokens']:.3g}"},
+        {
+            "quantity": f"training compute by moelab.accounting (seq_len {ex['seq_len']}), FLOPs",
+            "value": f"{ex['compute_accounting']:.3g}",
+        },
+    ]
+    notes = []
+    if "compute_paper" in ex:
+        far = np.geomspace(c_lo, ex["compute_paper"] * 30, 60)
+        an.frontier_far = _masked_frontier(res, far, target, ex["config"])
+        paper = paper_allocation(target, compute=far)
+        an.frontier_far["paper_N_opt"], an.frontier_far["paper_D_opt"] = paper["N_opt"], paper["D_opt"]
+        an.frontier_far.attrs["paper"] = ex["paper_source"]
+        fitted = ex.get("fitted_law", {})
+        rows += [
             {
-                "quantity": "compute-optimal N at this C: this sweep's law / the paper's law",
-                "value": f"{ours_n:.3g} / {n_p:.3g}",
+                "quantity": f"training compute by the paper's own model ({ex['paper_source']}), FLOPs",
+                "value": f"{ex['compute_paper']:.3g}",
             },
             {
-                "quantity": "compute-optimal D at this C: this sweep's law / the paper's law",
-                "value": f"{ours_d:.3g} / {d_p:.3g}",
+                "quantity": "compute-optimal N at that compute: this sweep's law / the paper's law",
+                "value": f"{fitted.get('N_opt', np.nan):.3g} / {ex['paper_law']['N_opt']:.3g}",
             },
             {
-                "quantity": "compute by the paper's C = 9.59 N D + 2.3e8 D (FLOPs)",
-                "value": f"{(9.59 * counts.active + 2.3e8) * tokens:.3g}",
-            },
-            {
-                "quantity": f"compute by moelab.accounting (seq_len {TARGET_SEQ_LEN}) (FLOPs)",
-                "value": f"{flops_moelab:.3g}",
+                "quantity": "compute-optimal D at that compute: this sweep's law / the paper's law",
+                "value": f"{fitted.get('D_opt', np.nan):.3g} / {ex['paper_law']['D_opt']:.3g}",
             },
         ]
+        notes.append(
+            "The allocation comparison uses the paper's own compute model for both laws, the model its "
+            "allocation law was fitted on; the sweep's own points use moelab.accounting."
+        )
+    lo, hi = ex.get("loss_interval", (None, None))
     an.extrapolation = {
         "name": target,
         "law": best,
-        "active_params": float(counts.active),
-        "total_params": float(counts.total),
-        "tokens": tokens,
-        "flops": c6,
-        "flops_moelab": flops_moelab,
-        "loss": loss,
-        "loss_lo": None if lo is None else float(lo),
-        "loss_hi": None if hi is None else float(hi),
-        "n_bootstrap": len(samples),
-        "decades": round(float(decades), 1),
-        "knobs": tknobs,
-        "paper": paper,
+        "active_params": ex["active_params"],
+        "total_params": ex["total_params"],
+        "tokens": ex["tokens"],
+        "flops": ex.get("compute_paper", ex["compute_accounting"]),
+        "flops_moelab": ex["compute_accounting"],
+        "loss": ex["loss"],
+        "loss_lo": lo,
+        "loss_hi": hi,
+        "n_bootstrap": 0 if res.bootstrap is None else res.bootstrap.n,
+        "decades": round(decades, 1),
+        "knobs": ex["config"],
+        "analysis": ex,
         "rows": rows,
-        "notes": [
-            f"Compute on this page is C = 6·N·D with N = {counts.active:.3g} activated non-embedding "
-            f"parameters ({counts.total:.3g} total) and D = {tokens:.3g} tokens; the law was fitted to "
-            "all runs but the held-out ones."
+        "notes": notes
+        + [
+            f"N = {ex['active_params']:.3g} activated non-embedding parameters "
+            f"({ex['total_params']:.3g} total) and D = {ex['tokens']:.3g} tokens; the law was fitted to all "
+            "runs but the held-out ones. " + ex["warning"].capitalize() + "."
         ]
-        + ([] if samples else ["No bootstrap was run, so the extrapolated loss has no interval."]),
+        + ([] if lo is not None else ["No bootstrap was run, so the extrapolated loss has no interval."]),
     }

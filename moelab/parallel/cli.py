@@ -36,7 +36,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remat", default="full", choices=REMAT_POLICIES, help="rematerialisation policy")
     parser.add_argument("--mfu", type=float, default=0.40,
                         help="assumed model FLOP utilisation (default 0.40)")
-    parser.add_argument("--tokens", type=float, default=7e12, help="training tokens (default 7e12)")
+    parser.add_argument("--tokens", type=float, default=None,
+                        help="training tokens (default: the preset's published count, e.g. hunyuan-large's)")
     parser.add_argument("--headroom", type=float, default=0.10,
                         help="fraction of HBM kept free (default 0.10)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")

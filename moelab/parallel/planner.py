@@ -34,6 +34,7 @@ from moelab.errors import ConfigError
 from moelab.parallel.chips import Chip
 from moelab.parallel.mesh import MeshShape
 from moelab.parallel.rules import PARAM_RULES, local_shape
+from moelab.presets import published_train_tokens
 
 BYTES_PER_PARAM = {"bf16 weights": 2, "fp32 master weights": 4, "Adam moments (fp32 m, v)": 8,
                    "fp32 gradients": 4}
@@ -282,14 +283,20 @@ def plan(
     mesh: MeshShape | None = None,
     remat: str = "full",
     mfu: float = 0.40,
-    train_tokens: float = 7e12,
+    train_tokens: float | None = None,
     headroom: float = 0.10,
     preset: str = "",
     search_min_chips: bool = True,
 ) -> Plan:
-    """The plan of ``cfg`` on ``chips`` chips; the mesh is chosen (``_mesh_preference``) unless given."""
+    """The plan of ``cfg`` on ``chips`` chips; the mesh is chosen (``_mesh_preference``) unless given.
+    ``train_tokens`` defaults to the published training tokens of a paper preset (``moelab.presets``)."""
     from moelab.accounting import kv_cache_bytes_per_token, param_counts, train_flops_per_token
 
+    if train_tokens is None:
+        train_tokens = published_train_tokens(cfg)
+        if train_tokens is None:
+            what = preset or "this config"
+            raise ConfigError(f"--tokens: {what} has no published training tokens; give --tokens")
     if not (isinstance(chips, int) and chips >= 1):
         raise ConfigError(f"chips must be an integer >= 1, got {chips!r}")
     if not (isinstance(seq, int) and seq >= 1):
