@@ -10,12 +10,13 @@ import pytest
 from moelab.train.noise import (
     GROUPS,
     NoiseEMA,
+    auto_expert_lr_scale,
     group_masks,
     group_sq_norms,
     probe_sq_norms,
     unbiased_components,
 )
-from moelab.train.optim import ParamKind
+from moelab.train.optim import ParamKind, expert_lr_ratio
 
 # Linear regression y = x.w* + sigma*eps with x ~ N(0, I), loss 0.5 (x.w - y)^2 at w = w* + v. The per-example
 # gradient is g = x (x.v - sigma*eps): G = E g = v and Sigma = v v^T + (|v|^2 + sigma^2) I (Gaussian fourth
@@ -128,3 +129,10 @@ def test_ema_bias_correction_state_and_unmeasurable_signal():
         assert noisy.b_simple() is None  # not measurable, rather than a negative number
     with pytest.raises(ValueError, match="beta"):
         NoiseEMA(beta=1.0)
+
+
+def test_auto_expert_scale_is_the_papers_rule_when_expert_noise_is_e_over_k_times_shared():
+    for batch, b_noise, e, k in ((1000, 1000, 16, 1), (4096, 300, 8, 2), (64, 1e5, 16, 1)):
+        got = auto_expert_lr_scale(batch, b_noise, b_noise * e / k)
+        assert got == pytest.approx(expert_lr_ratio(batch, b_noise, e, k))
+    assert auto_expert_lr_scale(512, 700, 700) == pytest.approx(1.0)  # same noise scale: same rate

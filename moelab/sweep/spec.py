@@ -8,7 +8,7 @@ A spec (see docs/sweeps.md and sweeps/*.yaml)::
     train: {...}                    # base TrainConfig fields
     generator: grid                 # grid | zip | isoflop
     axes:                           # lists over n_experts, shared_ratio, active_params, top_k,
-      active_params: [2e5, 8e5]     #   granularity, tokens | flops
+      active_params: [2e5, 8e5]     #   granularity, tokens | flops, lr, batch_size, expert_lr_scale
       n_experts: [1, 8]
       tokens: [2e5, 8e5]
     seeds: [0]
@@ -24,6 +24,11 @@ Generators (as Ray Tune's grid_search; IsoFLOP profiles of Hoffmann et al. 2022,
 - ``isoflop``: for each compute budget in ``axes.flops`` and each size in ``axes.active_params`` (crossed with
   the other axes), the tokens are derived so the run spends that budget:
   ``tokens = flops / moelab.accounting.train_flops_per_token(model, seq_len)``.
+
+An axis is a list of values or a geometric grid around a centre, ``{around: X, factor: F, n: K}`` = K values
+X·F^(i - (K-1)/2) (integers for ``batch_size``, ``n_experts``, ``top_k``): the LR x batch grids of
+``sweeps/hyper.yaml`` cross ``lr`` and ``batch_size`` around a size (``analysis.hyper`` fits the loss optimum
+of each cell). ``expert_lr_scale`` takes numbers or ``auto``.
 
 Everything is checked before any training starts: a problem raises a one-line ``ConfigError`` naming the key.
 """
@@ -48,7 +53,9 @@ _SHAPE_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "n_sh
 BUDGET_AXES = ("active_params", "n_experts", "shared_ratio", "top_k", "granularity")
 #: Axes that set the training length.
 LENGTH_AXES = ("tokens", "flops")
-AXES = BUDGET_AXES + LENGTH_AXES
+#: Axes that set a train field of the same name.
+TRAIN_AXES = ("lr", "batch_size", "expert_lr_scale")
+AXES = BUDGET_AXES + LENGTH_AXES + TRAIN_AXES
 TOP_KEYS = (
     "name",
     "description",
@@ -67,7 +74,8 @@ TOP_KEYS = (
 RESOURCE_KEYS = ("cpus", "gpus", "custom")
 ESTIMATE_KEYS = ("flops_per_s", "overhead_s")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_INT_AXES = ("n_experts", "top_k")
+_INT_AXES = ("n_experts", "top_k", "batch_size")
+_AROUND_KEYS = ("around", "factor", "n")
 
 #: Sustained training FLOP/s of one CPU core on the tiny models of the CPU ladder: about 8.6e9 measured on the
 #: 2-core machine (2026-11-28, 3e4 activated, 4 experts, 1 thread, a loaded machine); 5e9 leaves room for
@@ -295,6 +303,7 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
     train = dict(spec.train)
     if "seed" in point:
         train["seed"] = point["seed"]
+    train.update({k: point[k] for k in TRAIN_AXES if k in point})
     if "tokens" in point:
         train["tokens"] = int(round(point["tokens"]))
     elif "flops" in point:
@@ -339,12 +348,17 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
             raise err(f"axes.{key}", "seeds are a top-level key (seeds: [0, 1]), crossed with every trial")
         if key not in AXES:
             raise err(f"axes.{key}", f"unknown axis; allowed: {', '.join(AXES)}")
+        if isinstance(values, dict):
+            values = _around(values, f"axes.{key}", err)
         if not isinstance(values, list):
             values = [values]
         if not values:
             raise err(f"axes.{key}", "must list at least one value")
         parsed = []
         for v in values:
+            if key == "expert_lr_scale" and v == "auto":
+                parsed.append(v)
+                continue
             num = _number(v, f"axes.{key}", err, positive=key not in ("shared_ratio",))
             if key in _INT_AXES:
                 if num != int(num):
@@ -355,6 +369,25 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
             parsed.append(num)
         axes[key] = parsed
     return axes
+
+
+def _around(raw: dict, key: str, err: _Errors) -> list[float]:
+    """``{around: X, factor: F, n: K}`` -> the K values X·F^(i - (K-1)/2), i = 0..K-1."""
+    unknown = [k for k in raw if k not in _AROUND_KEYS]
+    if unknown or "around" not in raw:
+        example = "{around: 3e-3, factor: 2, n: 5}"
+        raise err(key, f"a grid mapping takes {', '.join(_AROUND_KEYS)} (e.g. {example})")
+    centre = _number(raw["around"], f"{key}.around", err, positive=True)
+    factor = _number(raw.get("factor", 2), f"{key}.factor", err, positive=True)
+    n = raw.get("n", 3)
+    if not (_is_int(n) and n >= 1):
+        raise err(f"{key}.n", f"must be an integer >= 1, got {n!r}")
+    if factor == 1 and n > 1:
+        raise err(f"{key}.factor", "must differ from 1 for more than one value")
+    values = [centre * factor ** (i - (n - 1) / 2) for i in range(n)]
+    if key.split(".")[-1] in _INT_AXES:
+        return [round(v) for v in values]
+    return [float(f"{v:.6g}") for v in values]
 
 
 def _parse_linked(raw: Any, generator: str, axes: dict[str, list[Any]], err: _Errors) -> tuple:
@@ -422,6 +455,9 @@ def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, d
     for key in axes:
         if key in BUDGET_AXES and key in sections["model"]:
             raise err(f"model.{key}", f"is also an axis (axes.{key}); keep one")
+    for key in TRAIN_AXES:
+        if key in axes and key in sections["train"]:
+            raise err(f"train.{key}", f"is also an axis (axes.{key}); keep one")
     for budget_key in ("tokens", "flops"):
         if budget_key in sections["train"] and ("tokens" in axes or "flops" in axes):
             axis = "tokens" if "tokens" in axes else "flops"
@@ -497,7 +533,7 @@ def _number(value: Any, key: str, err: _Errors, positive: bool = False) -> Any:
         isinstance(value, float)
         and value == int(value)
         and abs(value) >= 1
-        and key.split(".")[-1] in ("active_params", "tokens", "n_experts", "top_k")
+        and key.split(".")[-1] in ("active_params", "tokens", "n_experts", "top_k", "batch_size")
     ):
         value = int(value)
     return value

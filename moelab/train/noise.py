@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 
-from moelab.train.optim import ParamKind
+from moelab.train.optim import ParamKind, eps_opt
 
 #: Parameter groups the noise scale is measured for.
 GROUPS = ("all", "expert", "shared")
@@ -83,6 +83,20 @@ def probe_sq_norms(grad_fn, masks: dict[str, list[bool]], params, batch, *args):
     g_big = jax.tree.map(lambda a, b: (a.astype(jnp.float32) + b.astype(jnp.float32)) / 2, g_a, g_b)
     sq_a, sq_b, sq_big = group_sq_norms(g_a, masks), group_sq_norms(g_b, masks), group_sq_norms(g_big, masks)
     return {g: ((sq_a[g] + sq_b[g]) / 2, sq_big[g]) for g in masks}
+
+
+def auto_expert_lr_scale(batch_tokens: float, b_noise_shared: float, b_noise_expert: float) -> float:
+    """Hunyuan-Large's expert learning rate (arXiv 2411.02265 sec. 2.2.4) with measured noise scales: the
+    routed experts' eps_opt over the shared parameters' eps_opt(B), the same eps_max for both.
+
+    Both noise scales are measured over the whole batch's tokens (``probe_sq_norms``). An expert sees
+    B_e = B k/E tokens of a batch of B (fewer when tokens are dropped), and its noise scale counted in its own
+    tokens is B_noise(expert) B_e/B; eps_opt depends only on the ratio of batch to noise scale, so
+    eps_opt(B_e; B_noise(expert) B_e/B) = eps_opt(B; B_noise(expert)) whatever B_e is. The paper's rule,
+    eps_opt(B k/E)/eps_opt(B) at one B_noise (``moelab.train.optim.expert_lr_ratio``), is the special case
+    B_noise(expert) = (E/k) B_noise(shared): an expert's per-token gradient noise equal to the shared
+    one's."""
+    return eps_opt(batch_tokens, 1.0, b_noise_expert) / eps_opt(batch_tokens, 1.0, b_noise_shared)
 
 
 @dataclass
