@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.load import load_runs
 from analysis.validate import compute_of
+from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import MoelabError
+from moelab.presets import published_train_tokens
+from moelab.train.metrics import read_metrics
 from moelab.train.noise import auto_expert_lr_scale
 from moelab.train.optim import expert_lr_ratio
 
@@ -522,3 +527,140 @@ def format_recommendation(rec: dict, target: str) -> str:
         lines.append(f"  {r['quantity']:<20}{r['value']:>11.4g}{iv}   <- {r['source']}")
     lines += [f"warning: {w}" for w in rec["warnings"]]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ one sweep's analysis
+#: Columns of a run kept in an export (``data/hyper/runs.csv``).
+RUN_COLUMNS = (
+    "run_id", "status", "n_experts", "top_k", "active_params", "active_params_with_embedding", "tokens",
+    "flops", "lr", "batch_size", "seq_len", "expert_lr_scale", "loss", "train_loss", *NOISE_COLS,
+    "noise_overhead",
+)  # fmt: skip
+RUNS_CSV, NOISE_CSV = "runs.csv", "noise.csv"
+
+
+def default_data_dir() -> Path:
+    """``data/hyper`` of the source tree: the committed rows of ``sweeps/hyper.yaml`` the plan fits."""
+    return Path(__file__).resolve().parents[1] / "data" / "hyper"
+
+
+@dataclass
+class HyperAnalysis:
+    runs: pd.DataFrame
+    points: pd.DataFrame  # noise_points
+    optima: CellOptima | None = None
+    laws: dict[str, PowerLaw] = field(default_factory=dict)
+    bcrit: dict[str, PowerLaw] = field(default_factory=dict)  # noise column -> B_crit(L) law
+    ratio: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "cells": None if self.optima is None else self.optima.table.to_dict(orient="records"),
+            "laws": {k: v.to_dict() for k, v in self.laws.items()},
+            "bcrit": {k: {**v.to_dict(), **_bcrit_json(v)} for k, v in self.bcrit.items()},
+            "noise_ratio": self.ratio,
+            "published": PUBLISHED,
+            "notes": self.notes,
+        }
+
+
+def _bcrit_json(law: PowerLaw) -> dict:
+    p = bcrit_params(law)
+    iv = p["alpha_B_interval"]
+    return {
+        "B_star": p["B_star"],
+        "alpha_B": p["alpha_B"],
+        "alpha_B_interval": None if iv is None else list(iv),
+    }
+
+
+def analyse_hyper(
+    runs: pd.DataFrame, points: pd.DataFrame, *, n_boot: int = 200, seed: int = 0
+) -> HyperAnalysis:
+    """Everything ``analysis.hyper`` fits from one sweep: cell optima and their laws, B_crit(L) per noise
+    column, C_min per run (column ``c_min``), the expert/shared noise ratio. What cannot be fitted is a
+    note."""
+    ok = runs[runs["status"] == "succeeded"] if "status" in runs else runs
+    an = HyperAnalysis(runs=runs.copy(), points=points)
+    try:
+        an.optima = cell_optima(ok, n_boot=n_boot, seed=seed)
+        an.laws, notes = fit_hyper_laws(an.optima)
+        an.notes += notes
+    except MoelabError as exc:
+        an.notes.append(f"LR x batch optima: {exc}")
+    for col in NOISE_COLS:
+        if col in points and points[col].notna().any():
+            try:
+                an.bcrit[col] = fit_bcrit(points, col=col, n_boot=n_boot, seed=seed)
+                an.notes += [f"B_crit({col}): {w}" for w in an.bcrit[col].warnings]
+            except MoelabError as exc:
+                an.notes.append(f"B_crit({col}): {exc}")
+    if "b_simple" in an.bcrit and {"batch_size", "seq_len", "train_loss"} <= set(runs.columns):
+        an.runs["c_min"] = c_min(an.runs, an.bcrit["b_simple"])
+    an.ratio = noise_ratio(ok)
+    return an
+
+
+def load_hyper(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, noise points) from a results folder (runs.parquet and the run folders' metrics.jsonl) or from an
+    export folder holding ``runs.csv`` and ``noise.csv`` (``export_hyper``)."""
+    path = Path(path)
+    if (path / RUNS_CSV).is_file():
+        runs = pd.read_csv(path / RUNS_CSV)
+        noise = path / NOISE_CSV
+        return runs, pd.read_csv(noise) if noise.is_file() else noise_points({})
+    if not (path / "runs.parquet").is_file():
+        raise MoelabError(f"{path}: neither a results folder (runs.parquet) nor a hyper export ({RUNS_CSV})")
+    runs = load_runs(path, succeeded_only=False)
+    curves = {}
+    for _, row in runs.iterrows():
+        rd = Path(str(row.get("run_dir") or ""))
+        rd = rd if rd.is_dir() else path / "runs" / str(row["run_id"])
+        rows = read_metrics(rd / "metrics.jsonl")
+        if rows:
+            curves[str(row["run_id"])] = pd.DataFrame(rows)
+    return runs, noise_points(curves)
+
+
+def export_hyper(results_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write the rows ``analyse_hyper`` needs (``runs.csv``, ``noise.csv``) from a results folder: small
+    enough to commit, so a fresh clone's ``moelab plan`` fits the same laws."""
+    runs, points = load_hyper(results_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [c for c in RUN_COLUMNS if c in runs.columns]
+    runs[cols].sort_values("run_id").to_csv(out / RUNS_CSV, index=False, float_format="%.6g")
+    points.sort_values(["run_id", "step"]).to_csv(out / NOISE_CSV, index=False, float_format="%.6g")
+    return out / RUNS_CSV, out / NOISE_CSV
+
+
+def plan_hyper(cfg, name: str, *, seq: int, tokens: float | None = None, source=None, n_boot: int = 200):
+    """(recommendation dict, text) for ``moelab plan``: the laws fitted on ``source`` (a results folder or an
+    export; default ``default_data_dir()``) carried to ``cfg`` trained on ``tokens`` (default: the preset's
+    published count) at sequence length ``seq``."""
+    source = Path(source) if source is not None else default_data_dir()
+    if tokens is None:
+        tokens = published_train_tokens(cfg)
+        if tokens is None:
+            raise MoelabError(f"{name}: no published training tokens; pass --tokens")
+    runs, points = load_hyper(source)
+    an = analyse_hyper(runs, points, n_boot=n_boot)
+    if not an.laws:
+        raise MoelabError(f"{source}: no LR/batch law could be fitted ({'; '.join(an.notes) or 'no cells'})")
+    counts = param_counts(cfg)
+    flops = train_flops_per_token(cfg, seq) * float(tokens)
+    rec = recommend(
+        an.laws,
+        flops=flops,
+        active_params=counts.active,
+        active_params_with_embedding=counts.active_with_embedding,
+        n_experts=cfg.n_experts,
+        top_k=cfg.top_k,
+        ratio=an.ratio,
+    )
+    rec.update(target=name, tokens=float(tokens), seq_len=seq, source=str(source), notes=an.notes)
+    if rec["batch_tokens"] is not None:
+        rec["batch_sequences"] = rec["batch_tokens"] / seq
+    text = format_recommendation(rec, f"{name} ({float(tokens):.3g} tokens, seq {seq})")
+    return rec, text + f"\n  fitted on {len(runs)} runs of {source}"

@@ -4,7 +4,8 @@ Runs are grouped by compute budget (the ``budget`` column if present, else compu
 digits). In each budget with at least 3 distinct model sizes a parabola of loss in log N gives the
 loss-minimising N*(C); least squares of log N* and log D* = log(C / (kappa N*)) on log C give the power laws
 N_opt = k_N C^a and D_opt = k_D C^b (kappa = median C/(N D) of the runs). The bootstrap resamples runs within
-budgets.
+budgets. ``compute_col`` puts the laws on another compute coordinate, e.g. ``c_min`` (``analysis.hyper``):
+Hunyuan-Large fits N_opt and D_opt on C_min = C / (1 + B/B_crit(L)); budgets are still grouped by C.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def budgets_of(df: pd.DataFrame) -> np.ndarray:
     return np.array([float(f"{c:.2g}") for c in compute_of(df)])
 
 
-def _minima(label, logN, loss, C):
+def _minima(label, logN, loss, C, X=None):
+    """Per budget: (log X, log N*, L_min, log C) with X the laws' compute coordinate (C unless given)."""
+    X = C if X is None else X
     out = []
     for b in np.unique(label):
         m = label == b
@@ -36,14 +39,15 @@ def _minima(label, logN, loss, C):
         c2, c1, c0 = np.polyfit(logN[m], loss[m], 2)
         if c2 <= 0:
             continue  # no minimum: the budget's profile is not a valley
-        out.append((np.log(np.median(C[m])), -c1 / (2 * c2), c0 - c1 * c1 / (4 * c2)))
-    return np.array(out).reshape(-1, 3)
+        logX, logC = np.log(np.median(X[m])), np.log(np.median(C[m]))
+        out.append((logX, -c1 / (2 * c2), c0 - c1 * c1 / (4 * c2), logC))
+    return np.array(out).reshape(-1, 4)
 
 
 def _powerlaws(mins, kappa):
-    logC, logN = mins[:, 0], mins[:, 1]
-    a, log_kN = np.polyfit(logC, logN, 1)
-    b, log_kD = np.polyfit(logC, logC - np.log(kappa) - logN, 1)
+    logX, logN, logC = mins[:, 0], mins[:, 1], mins[:, 3]
+    a, log_kN = np.polyfit(logX, logN, 1)
+    b, log_kD = np.polyfit(logX, logC - np.log(kappa) - logN, 1)
     return np.array([np.exp(log_kN), a, np.exp(log_kD), b])
 
 
@@ -88,10 +92,17 @@ class IsoFlopResult:
 
 
 def fit_isoflop(
-    df: pd.DataFrame, *, bootstrap: int = 0, confidence: float = 0.95, seed: int = 0, loss_col: str = "loss"
+    df: pd.DataFrame,
+    *,
+    bootstrap: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+    loss_col: str = "loss",
+    compute_col: str | None = None,
 ) -> IsoFlopResult:
-    """Approach 2 on runs with ``active_params``, ``tokens``, ``loss`` (and ``flops`` or ``budget``)."""
-    for c in ("active_params", "tokens", loss_col):
+    """Approach 2 on runs with ``active_params``, ``tokens``, ``loss`` (and ``flops`` or ``budget``); the
+    power laws on ``compute_col`` (default: C) when given."""
+    for c in ("active_params", "tokens", loss_col, *([compute_col] if compute_col else [])):
         if c not in df.columns:
             raise MoelabError(f"isoflop needs column {c}; the table has {', '.join(map(str, df.columns))}")
     df = df[np.isfinite(df[loss_col].to_numpy(np.float64))]
@@ -99,12 +110,16 @@ def fit_isoflop(
     N = df["active_params"].to_numpy(np.float64)
     kappa = float(np.median(C / (N * df["tokens"].to_numpy(np.float64))))
     label, logN, loss = budgets_of(df), np.log(N), df[loss_col].to_numpy(np.float64)
-    mins = _minima(label, logN, loss, C)
+    X = None if compute_col is None else df[compute_col].to_numpy(np.float64)
+    mins = _minima(label, logN, loss, C, X)
     if len(mins) < 2:
         raise MoelabError("isoflop needs >= 2 compute budgets, each with >= 3 model sizes and a loss valley")
     res = IsoFlopResult(
         params=dict(zip(PARAMS, map(float, _powerlaws(mins, kappa)), strict=True)),
-        minima=pd.DataFrame({"C": np.exp(mins[:, 0]), "N_opt": np.exp(mins[:, 1]), "L_min": mins[:, 2]}),
+        minima=pd.DataFrame(
+            {"C": np.exp(mins[:, 3]), "N_opt": np.exp(mins[:, 1]), "L_min": mins[:, 2]}
+            | ({compute_col: np.exp(mins[:, 0])} if compute_col else {})
+        ),
         n_points=len(df),
         kappa=kappa,
         confidence=confidence,
@@ -115,7 +130,7 @@ def fit_isoflop(
         samples = np.full((bootstrap, 4), np.nan)
         for s in range(bootstrap):
             idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-            m = _minima(label[idx], logN[idx], loss[idx], C[idx])
+            m = _minima(label[idx], logN[idx], loss[idx], C[idx], None if X is None else X[idx])
             if len(m) >= 2:
                 samples[s] = _powerlaws(m, kappa)
         res.samples = samples

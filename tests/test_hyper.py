@@ -175,3 +175,67 @@ def test_lr_and_batch_axes_cross_and_reach_the_train_config():
 def test_bad_train_axes_fail_naming_the_key(axes, train, key):
     with pytest.raises(ConfigError, match=f"h.yaml: {key}"):
         SweepSpec.from_dict({**BASE, "train": {**BASE["train"], **train}, "axes": axes}, source="h.yaml")
+
+
+def test_isoflop_on_c_min_moves_the_compute_coordinate_only():
+    from analysis.isoflop import fit_isoflop
+
+    rows = []
+    for C in np.logspace(10, 13, 4):
+        for n in 0.1 * C**0.5 * np.logspace(-0.5, 0.5, 7):
+            rows.append({"active_params": n, "tokens": C / (6 * n), "flops": C, "c_min": C / (1 + C**0.1),
+                         "loss": 2 + (np.log(n) - np.log(0.1 * C**0.5)) ** 2})  # fmt: skip
+    df = pd.DataFrame(rows)
+    on_c, on_cmin = fit_isoflop(df), fit_isoflop(df, compute_col="c_min")
+    assert on_c.params["a"] == pytest.approx(0.5, abs=1e-6)
+    np.testing.assert_allclose(on_cmin.minima["N_opt"], on_c.minima["N_opt"])
+    np.testing.assert_allclose(on_cmin.minima["C"], on_c.minima["C"])
+    # N* = 0.1 C^0.5 and C_min ~ C^0.9 at large C: the exponent on C_min is steeper than on C
+    slope = np.polyfit(np.log(on_cmin.minima["c_min"]), np.log(on_cmin.minima["N_opt"]), 1)[0]
+    assert on_cmin.params["a"] == pytest.approx(slope) and on_cmin.params["a"] > 0.5
+    with pytest.raises(MoelabError, match="c_max"):
+        fit_isoflop(df, compute_col="c_max")
+
+
+def _export(folder):
+    runs = _surface(_cells(), LRS, BATCHES, noise=0.001)
+    runs["run_id"] = [f"r{i:03d}" for i in range(len(runs))]
+    runs["status"], runs["top_k"], runs["train_loss"] = "succeeded", 1, runs["loss"]
+    runs["b_simple_shared"] = 500.0
+    runs["b_simple_expert"] = np.where(runs["n_experts"] > 1, 2500.0, np.nan)
+    curve = list(zip((10, 20, 30), (3.0, 2.5, 2.2), strict=True))
+    pts = [{"run_id": r, "step": s, "loss": L, "b_simple": 100 * L**-4} for s, L in curve for r in ("a", "b")]
+    runs.to_csv(folder / hyper.RUNS_CSV, index=False)
+    pd.DataFrame(pts).to_csv(folder / hyper.NOISE_CSV, index=False)
+    return folder
+
+
+def test_moelab_plan_prints_lr_batch_and_expert_scale_with_intervals(tmp_path, capsys):
+    from moelab.cli import main
+
+    src = _export(tmp_path)
+    assert main(["plan", "--preset", "hunyuan-large", "--hyper", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "peak learning rate" in out and "batch (tokens)" in out and "expert LR scale" in out
+    assert "95% [" in out and "warning:" in out and "decades beyond" in out
+    assert "DeepSeek" in out and "Ludziejewski" in out
+    assert main(["plan", "--preset", "hunyuan-large", "--hyper", str(src), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)["hyper"]
+    # measured expert/shared noise ratio 5 (E/k = 8 in these runs): the rule gives 2/(sqrt 5 + 1/sqrt 5)
+    assert rec["expert_lr_scale"] == pytest.approx(2 / (5**0.5 + 5**-0.5))
+    assert rec["tokens"] == 7e12 and rec["batch_sequences"] == pytest.approx(rec["batch_tokens"] / 4096)
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--chips", "8"], "--chips and --chip go together"),
+        (["--hyper", "/nonexistent"], "neither a results folder"),
+    ],
+)
+def test_moelab_plan_bad_hyper_input_is_one_line_exit_2(argv, match, capsys):
+    from moelab.cli import main
+
+    assert main(["plan", "--preset", "hunyuan-large", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1

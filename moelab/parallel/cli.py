@@ -3,6 +3,10 @@
 Example::
 
     moelab plan --preset hunyuan-large --chips 128 --chip h100-80gb --seq 4096 --batch 1024
+
+Without ``--chips``/``--chip`` it prints only the recommended peak learning rate, batch and expert learning
+rate scale, from the laws ``analysis.hyper`` fits to an LR x batch sweep (``--hyper``; default: the rows of
+``sweeps/hyper.yaml`` committed in ``data/hyper``); with them, the memory plan and then that recommendation.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--preset", help="a preset of moelab.presets, e.g. hunyuan-large")
     src.add_argument("--config", type=Path, help="a model config JSON (ModelConfig.to_dict(), or a run's "
                      "config.json with a 'model' key)")
-    parser.add_argument("--chips", type=int, required=True, help="number of chips")
-    parser.add_argument("--chip", required=True, choices=sorted(CHIPS), help="accelerator kind")
+    parser.add_argument("--chips", type=int, default=None, help="number of chips (with --chip: memory plan)")
+    parser.add_argument("--chip", default=None, choices=sorted(CHIPS), help="accelerator kind")
     parser.add_argument("--seq", type=int, default=4096, help="sequence length (default 4096)")
     parser.add_argument("--batch", type=int, default=None,
                         help="global batch in sequences (default: a power-of-two multiple of --chips, "
@@ -41,6 +45,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--headroom", type=float, default=0.10,
                         help="fraction of HBM kept free (default 0.10)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--hyper", type=Path, default=None,
+                        help="LR x batch sweep to fit the LR/batch laws on: a results folder or an export "
+                        "(default: data/hyper, the committed rows of sweeps/hyper.yaml)")
 
 
 def _load_config(args):
@@ -66,14 +73,30 @@ def run(args) -> int:
     cfg, name = _load_config(args)
     if args.batch is not None and args.batch < 1:
         raise ConfigError(f"batch must be an integer >= 1, got {args.batch}")
-    mesh = MeshShape.parse(args.mesh) if args.mesh else None
-    p = plan(cfg, get_chip(args.chip), args.chips, seq=args.seq, batch=args.batch, mesh=mesh,
-             remat=args.remat, mfu=args.mfu, train_tokens=args.tokens, headroom=args.headroom, preset=name)
+    if (args.chips is None) != (args.chip is None):
+        raise ConfigError("--chips and --chip go together (a memory plan needs both); give both or neither")
+    out, text = {}, []
+    if args.chips is not None:
+        mesh = MeshShape.parse(args.mesh) if args.mesh else None
+        p = plan(cfg, get_chip(args.chip), args.chips, seq=args.seq, batch=args.batch, mesh=mesh,
+                 remat=args.remat, mfu=args.mfu, train_tokens=args.tokens, headroom=args.headroom,
+                 preset=name)
+        out, text = p.to_dict(), [format_plan(p)]
+    try:
+        from analysis.hyper import plan_hyper  # the analysis layer, loaded at the CLI boundary only
+
+        rec, rec_text = plan_hyper(cfg, name, seq=args.seq, tokens=args.tokens, source=args.hyper)
+        out["hyper"] = rec
+        text.append(rec_text)
+    except MoelabError as exc:
+        if args.chips is None or args.hyper is not None:
+            raise
+        text.append(f"hyper-parameters: none ({exc})")
     if args.json:
-        json.dump(p.to_dict(), sys.stdout, indent=2)
+        json.dump(out, sys.stdout, indent=2)
         print()
     else:
-        print(format_plan(p))
+        print("\n".join(text))
     return 0
 
 
