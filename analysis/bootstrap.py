@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.fit import FitResult, objective, pad_points
+from analysis.fit import FitResult, objective, pad_points, padded_size
 from analysis.lbfgs import minimize_batch
 
 
@@ -77,6 +77,45 @@ def refit_weighted(res: FitResult, weights: np.ndarray, n_starts: int = 2, pad: 
     f = sol.f.reshape(B, K)
     best = np.argmin(f, axis=1)
     return sol.x.reshape(B, K, -1)[np.arange(B), best]
+
+
+def refit_many(
+    law, delta: float, datasets: list, weights: list[np.ndarray], starts: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Raw optima of ``law`` for many datasets at once: dataset i = (X [n_i, k], logy [n_i]) refitted with
+    each row of ``weights[i]`` [B_i, n_i] from each start of ``starts[i]`` [K_i, P] (best start kept), as
+    lanes of one float64 L-BFGS with per-lane data (points padded with zero weights to a common bucketed
+    count). Returns one [B_i, P] array per dataset (:mod:`analysis.suggest` simulates designs with it)."""
+    m = padded_size(max(len(y) for _, y in datasets))
+    Xs, ys, ws, x0, lanes = [], [], [], [], []
+    for (X, y), w, s in zip(datasets, weights, starts, strict=True):
+        s = np.atleast_2d(s)
+        B, K = w.shape[0], len(s)
+        Xp, yp, wp = pad_points(np.asarray(X, np.float64), np.asarray(y, np.float64), w, m)
+        Xs.append(np.broadcast_to(Xp, (B * K, *Xp.shape)))
+        ys.append(np.broadcast_to(yp, (B * K, m)))
+        ws.append(np.repeat(wp, K, axis=0))
+        x0.append(np.tile(s, (B, 1)))
+        lanes.append((B, K))
+    lo, hi = np.array(law.bounds).T
+    sol = minimize_batch(
+        objective(law, float(delta)),
+        np.concatenate(x0),
+        (np.concatenate(Xs), np.concatenate(ys), np.concatenate(ws)),
+        batched=(True, True, True),
+        lower=lo,
+        upper=hi,
+        maxiter=2000,
+        ftol=1e-12,
+        gtol=1e-10,
+    )
+    out, i = [], 0
+    for B, K in lanes:
+        f = sol.f[i : i + B * K].reshape(B, K)
+        x = sol.x[i : i + B * K].reshape(B, K, -1)
+        out.append(x[np.arange(B), np.argmin(f, axis=1)])
+        i += B * K
+    return out
 
 
 def bootstrap(res: FitResult, n_boot: int = 1000, *, confidence: float = 0.95, seed: int = 0) -> Bootstrap:

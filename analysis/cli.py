@@ -26,20 +26,11 @@ LAW_CHOICES = ("chinchilla", "isoflop", "clark", "granularity", "joint_moe", "sh
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="*", help="results root, sweep folder(s) or runs.parquet file(s)")
-    parser.add_argument("--csv", help="a CSV of runs instead of a results folder (needs --n-col, --loss-col)")
+    add_input_args(parser)
     parser.add_argument(
         "--law", default="chinchilla", choices=LAW_CHOICES, help="law to fit (default chinchilla)"
     )
     parser.add_argument("--compare", action="store_true", help="compare all laws by held-out error")
-    parser.add_argument("--n-col", help="CSV column of (activated) parameters N")
-    parser.add_argument("--loss-col", help="CSV column of the loss")
-    tok = parser.add_mutually_exclusive_group()
-    tok.add_argument("--d-col", help="CSV column of training tokens D")
-    tok.add_argument("--c-col", help="CSV column of training compute C (D = C/(6N))")
-    parser.add_argument(
-        "--drop-highest-loss", type=int, default=0, metavar="K", help="drop the K highest losses"
-    )
     parser.add_argument(
         "--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits for intervals"
     )
@@ -56,7 +47,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _load(args):
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """The runs to read: RESULTS paths or --csv with its column map (shared with ``moelab suggest``)."""
+    parser.add_argument("results", nargs="*", help="results root, sweep folder(s) or runs.parquet file(s)")
+    parser.add_argument("--csv", help="a CSV of runs instead of a results folder (needs --n-col, --loss-col)")
+    parser.add_argument("--n-col", help="CSV column of (activated) parameters N")
+    parser.add_argument("--loss-col", help="CSV column of the loss")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument("--d-col", help="CSV column of training tokens D")
+    tok.add_argument("--c-col", help="CSV column of training compute C (D = C/(6N))")
+    parser.add_argument(
+        "--drop-highest-loss", type=int, default=0, metavar="K", help="drop the K highest losses"
+    )
+
+
+def load_input(args):
+    """The runs DataFrame of the arguments of :func:`add_input_args`."""
     from analysis.load import load_runs
 
     if args.csv:
@@ -113,7 +119,7 @@ def run(args) -> int:
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        df = _load(args)
+        df = load_input(args)
         if args.compare:
             frac = args.holdout if args.holdout is not None and args.holdout < 1 else 0.2
             thr = args.holdout if args.holdout is not None and args.holdout >= 1 else None

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("moelab.train.cli", "train one model (one trial of a sweep)"),
     "sweep": ("moelab.sweep.cli", "plan, run and inspect Ray-scheduled sweep grids"),
     "fit": ("analysis.cli", "fit scaling laws to a results folder or a CSV"),
+    "suggest": ("analysis.suggest_cli", "the next runs that most shrink a prediction's interval per FLOP"),
     "report": ("analysis.report.cli", "write the scaling-law report of a results folder"),
     "plan": ("moelab.parallel.cli", "memory and time plan of a large configuration on a TPU/GPU mesh"),
     "bench": ("moelab.bench", "benchmarks: training-step throughput and model FLOP utilisation"),

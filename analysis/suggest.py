@@ -1,0 +1,564 @@
+"""Which runs to train next: the candidates that most shrink the bootstrap interval of a target prediction per
+FLOP (``moelab suggest``).
+
+The lab's uncertainty about a target (the loss of ``hunyuan-large`` on 7e12 tokens, or the compute-optimal
+loss at a budget) is the spread of the bootstrap ensemble (:mod:`analysis.bootstrap`): B refits theta_b of the
+law to resamples of the runs. Each candidate run c (a family member and a token count, built and costed
+exactly as a sweep would build it) has a prediction log L(c; theta_b) under every member. The ensemble's joint
+covariance S of the target's log-loss t and the candidates' log-losses is the linearised parameter covariance
+seen through the law (S[t, c] ~ g_t' Sigma g_c). Observing candidate c with the fit's residual noise sigma^2
+(log loss) conditions the ensemble as one Kalman / Gaussian update (Evensen 2003, ensemble Kalman filter):
+
+    var(t | y_c) = S[t, t] - S[t, c]^2 / (sigma^2 + S[c, c]),   S <- S - S[:, c] S[c, :] / (sigma^2 + S[c, c])
+
+which is the c-optimal design criterion of optimal experimental design (Atkinson, Donev & Tobias 2007, ch. 10;
+Chaloner & Verdinelli 1995 for its Bayesian form) evaluated from the ensemble instead of an analytic Jacobian,
+and equals refitting with a pseudo-observation at the ensemble mean to first order. Runs are chosen greedily:
+at each step the candidate with the largest variance reduction per FLOP that still fits the budget; with a
+budget, the greedy by reduction alone is run too and the better end point kept (cost-benefit greedy, Leskovec
+et al. 2007, CELF). Candidates over the per-run FLOP cap, over one epoch of the corpus, outside the family's
+valid shapes (``ModelConfig.from_budget`` refuses them) or identical to a run already in the table are
+excluded before any scoring.
+
+:func:`simulate` checks the method where the truth is known: runs drawn from a law with noise, the K suggested
+runs against the same FLOPs spent on random candidates and on the next rung of the regular grid, each judged
+by the width of the target's 95% bootstrap interval after refitting with the new runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.bootstrap import refit_many, resample_weights
+from analysis.extrapolate import preset_features
+from analysis.fit import DELTA, FitResult
+from analysis.frontier import optimal_allocation
+from analysis.laws import Law, get_law
+from moelab.errors import ConfigError, MoelabError
+
+#: Axes a candidate may vary (the budget axes of a sweep plus its length).
+AXES = ("active_params", "n_experts", "top_k", "shared_ratio", "granularity", "tokens")
+#: Geometric step of the default active_params and tokens grids (four values a decade).
+STEP = 10**0.25
+
+
+# ---------------------------------------------------------------------------------------------- target
+@dataclass(frozen=True)
+class Target:
+    """What the next runs should pin down: the loss of a preset on ``tokens`` (``flops`` None), or the
+    compute-optimal loss at ``flops`` for the preset's expert configuration (``compute``: frontier model)."""
+
+    preset: str = "hunyuan-large"
+    tokens: float | None = 7e12
+    flops: float | None = None
+    compute: Any = "6ND"
+
+    def __post_init__(self) -> None:
+        if (self.tokens is None) == (self.flops is None):
+            raise MoelabError("a target needs exactly one of tokens (a preset's run) or flops (a budget)")
+        for name in ("tokens", "flops"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise MoelabError(f"target {name} must be a number > 0, got {v!r}")
+
+    @property
+    def label(self) -> str:
+        if self.flops is None:
+            return f"{self.preset} on {self.tokens:.3g} tokens"
+        return f"optimal loss at C = {self.flops:.3g} FLOPs ({self.preset}'s experts, C = {self.compute})"
+
+    def check(self, law: Law) -> dict:
+        """The preset's features, after checking that ``law`` can predict this target (one-line errors)."""
+        feats = preset_features(self.preset)
+        missing = [c for c in law.columns if c not in feats and c != "tokens"]
+        if missing:
+            raise MoelabError(f"law {law.name} needs {', '.join(missing)}, which preset {self.preset} lacks")
+        if self.flops is not None and "tokens" not in law.columns:
+            raise MoelabError(f"law {law.name} has no tokens term; a --flops target needs L(N, D)")
+        return feats
+
+    def log_values(self, law: Law, theta: np.ndarray) -> np.ndarray:
+        """log L at the target under each raw parameter vector of ``theta`` [B, P] -> [B]."""
+        feats = self.check(law)
+        theta = np.atleast_2d(theta)
+        if self.flops is None:
+            row = pd.DataFrame({**{k: [v] for k, v in feats.items()}, "tokens": [float(self.tokens)]})
+            return law.log_predict(theta, law.features(row), np)[:, 0]
+        config = {k: v for k, v in feats.items() if k != "active_params"}
+        out = optimal_allocation(law, law.to_params(theta), [self.flops], compute=self.compute, config=config)
+        return np.log(out["L_opt"][:, 0])
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+@dataclass
+class Candidates:
+    """Runs that may be suggested: the sweep axis values of each (``points``), the law's columns of the
+    model a sweep would build from them (``table``) and its training FLOPs (``flops``)."""
+
+    points: list[dict[str, Any]]
+    table: pd.DataFrame  # active_params (realised), tokens, n_experts, shared_ratio, granularity, top_k
+    flops: np.ndarray
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def subset(self, idx: Iterable[int]) -> Candidates:
+        idx = list(idx)
+        return Candidates(
+            [self.points[i] for i in idx], self.table.iloc[idx].reset_index(drop=True), self.flops[idx]
+        )
+
+
+def grid_points(axes: dict[str, list]) -> list[dict[str, Any]]:
+    """The cross product of ``axes`` (axis -> values), dense points normalised (shared_ratio 0, top_k 1)
+    and duplicates dropped."""
+    unknown = [a for a in axes if a not in AXES]
+    if unknown:
+        raise MoelabError(f"unknown candidate axis {unknown[0]!r}; allowed: {', '.join(AXES)}")
+    names = list(axes)
+    out: dict[tuple, dict] = {}
+    for combo in itertools.product(*(axes[a] for a in names)):
+        p = dict(zip(names, combo, strict=True))
+        if p.get("n_experts", 2) == 1:
+            p.update({k: v for k, v in (("shared_ratio", 0.0), ("top_k", 1)) if k in p})
+        out.setdefault(tuple(sorted(p.items())), p)
+    return list(out.values())
+
+
+def build_candidates(
+    points: list[dict[str, Any]],
+    base: dict[str, Any] | None = None,
+    *,
+    max_flops: float = math.inf,
+    max_tokens: float = math.inf,
+    existing: pd.DataFrame | None = None,
+    columns: tuple[str, ...] = (),
+) -> Candidates:
+    """Build each point as ``moelab sweep`` would (``moelab.sweep.spec.build_run`` on the ``base`` sweep
+    sections model/data/train) and keep those that are valid family shapes, within ``max_flops`` (training
+    FLOPs of ``moelab.accounting``) and ``max_tokens`` (one epoch), and not already in ``existing`` (equal
+    law ``columns``, 1e-6 relative). Token counts are rounded to whole steps of the base batch."""
+    from moelab.accounting import param_counts, train_flops_per_token
+    from moelab.sweep.spec import SweepSpec, build_run
+
+    base = dict(base or {})
+    spec = SweepSpec.from_dict(
+        {"name": "suggest", **{k: base.get(k) or {} for k in ("model", "data", "train")}},
+        source="base spec",
+    )
+    excluded = {"invalid shape": 0, "over the FLOP cap": 0, "over one epoch": 0, "already run": 0}
+    keep_points, rows, flops = [], [], []
+    seen: set[tuple] = set()
+    step_tokens = _step_tokens(spec.train)
+    for p in points:
+        p = dict(p)
+        if "tokens" in p:
+            p["tokens"] = int(max(1, round(float(p["tokens"]) / step_tokens)) * step_tokens)
+        try:
+            run = build_run(spec, p)
+        except ConfigError:
+            excluded["invalid shape"] += 1
+            continue
+        cfg = run.model
+        tokens = float(run.train.tokens)
+        c = train_flops_per_token(cfg, run.train.seq_len) * tokens
+        row = {
+            "active_params": float(param_counts(cfg).active),
+            "tokens": tokens,
+            "n_experts": float(cfg.n_experts),
+            "top_k": float(cfg.top_k),
+            "shared_ratio": float(cfg.shared_ratio) if cfg.is_moe else np.nan,
+            "granularity": float(cfg.granularity),
+        }
+        key = tuple(np.round(np.nan_to_num([row[k] for k in AXES]), 6))
+        if key in seen:
+            continue
+        seen.add(key)
+        if c > max_flops:
+            excluded["over the FLOP cap"] += 1
+            continue
+        if tokens > max_tokens:
+            excluded["over one epoch"] += 1
+            continue
+        if existing is not None and columns and _in_table(row, existing, columns):
+            excluded["already run"] += 1
+            continue
+        keep_points.append(p)
+        rows.append(row)
+        flops.append(c)
+    table = pd.DataFrame(rows, columns=["active_params", "tokens", "n_experts", "top_k", "shared_ratio",
+                                        "granularity"])  # fmt: skip
+    return Candidates(keep_points, table, np.asarray(flops, np.float64), excluded)
+
+
+def _step_tokens(train: dict) -> int:
+    from moelab.train.config import TrainConfig
+
+    defaults = TrainConfig()
+    return int(train.get("batch_size", defaults.batch_size)) * int(train.get("seq_len", defaults.seq_len))
+
+
+def _in_table(row: dict, df: pd.DataFrame, columns: tuple[str, ...]) -> bool:
+    match = np.ones(len(df), bool)
+    for c in columns:
+        if c not in df.columns:
+            return False
+        v = df[c].to_numpy(np.float64)
+        x = row[c]
+        if c == "shared_ratio":
+            v, x = np.nan_to_num(v), float(np.nan_to_num(x))
+        match &= np.isclose(v, x, rtol=1e-6, atol=1e-9)
+    return bool(match.any())
+
+
+def default_axes(df: pd.DataFrame, law: Law, max_tokens: float = math.inf) -> dict[str, list]:
+    """Candidate values per axis: for the law's own axes a range around the runs (active_params and tokens
+    from the smallest run to 30x the largest, four values a decade; n_experts powers of two up to 4x the
+    largest plus the runs' values; shared_ratio and granularity the runs' values and a few standard ones);
+    every other axis at the runs' most common value."""
+
+    def geometric(col: str, hi_mult: float, cap: float = math.inf) -> list[float]:
+        v = df[col].to_numpy(np.float64)
+        lo, hi = float(v.min()), min(float(v.max()) * hi_mult, cap)
+        n = int(math.floor(math.log(hi / lo) / math.log(STEP) + 1e-9)) + 1
+        return [float(f"{lo * STEP**i:.3g}") for i in range(max(n, 1))]
+
+    def mode(col: str, default):
+        if col not in df.columns:
+            return default
+        v = df[col].dropna()
+        return default if v.empty else v.mode().iloc[0]
+
+    axes: dict[str, list] = {"active_params": geometric("active_params", 30.0)}
+    axes["tokens"] = geometric("tokens", 30.0, max_tokens)
+    if "n_experts" in law.columns:
+        top = int(df["n_experts"].max())
+        pow2 = [2**i for i in range(int(math.log2(max(4 * top, 2))) + 1)]
+        axes["n_experts"] = sorted({*pow2, *(int(e) for e in df["n_experts"].unique())})
+    else:
+        axes["n_experts"] = [int(mode("n_experts", 1))]
+    if "shared_ratio" in law.columns:
+        seen = {round(float(r), 2) for r in df["shared_ratio"].dropna().unique()}
+        axes["shared_ratio"] = sorted(seen | {0.0, 0.25, 0.5, 0.75})
+    elif axes["n_experts"] != [1]:
+        axes["shared_ratio"] = [round(float(mode("shared_ratio", 0.0)), 2)]
+    if "granularity" in law.columns:
+        seen = {round(float(g), 2) for g in df["granularity"].dropna().unique()}
+        axes["granularity"] = sorted(seen | {1.0, 2.0, 4.0, 8.0})
+    else:
+        axes["granularity"] = [round(float(mode("granularity", 1.0)), 2)]
+    axes["top_k"] = [int(mode("top_k", 1))]
+    return axes
+
+
+# ---------------------------------------------------------------------------------------------- the design
+@dataclass
+class Design:
+    """Chosen candidates (indices, in the order picked) and the target's log-loss variance after each pick."""
+
+    chosen: list[int]
+    variance: list[float]  # [len(chosen) + 1]: before any, then after each
+    flops: float
+    rule: str  # "per FLOP" | "reduction"
+
+
+def noise_variance(res: FitResult) -> float:
+    """Residual variance of log loss around the fit: sum r^2 / (n - P), floored at 1e-10."""
+    r = res.law.log_predict(res.theta, res.data.X, np) - res.data.logy
+    return max(float(np.sum(r**2) / max(len(r) - res.law.n_params, 1)), 1e-10)
+
+
+def greedy_design(
+    cov: np.ndarray,
+    cost: np.ndarray,
+    noise_var: float,
+    *,
+    k: int,
+    budget: float = math.inf,
+    per_flop: bool = True,
+) -> Design:
+    """Greedy Gaussian conditioning of the joint covariance ``cov`` [(1+M), (1+M)] (index 0 = target, then
+    the M candidates) on up to ``k`` observations of noise ``noise_var`` costing ``cost`` [M] in total at most
+    ``budget``; each step picks the largest variance reduction of the target per FLOP (``per_flop``) or in
+    absolute terms."""
+    S = np.array(cov, np.float64, copy=True)
+    M = S.shape[0] - 1
+    cost = np.asarray(cost, np.float64)
+    avail = np.ones(M, bool)
+    chosen, var, spent = [], [float(S[0, 0])], 0.0
+    for _ in range(int(k)):
+        ok = avail & (spent + cost <= budget * (1 + 1e-9))
+        if not ok.any():
+            break
+        diag = np.maximum(np.diag(S)[1:], 0.0)
+        gain = S[0, 1:] ** 2 / (noise_var + diag)
+        score = gain / cost if per_flop else gain
+        j = int(np.argmax(np.where(ok, score, -np.inf)))
+        if not gain[j] > 0:
+            break
+        col = S[:, j + 1].copy()
+        S -= np.outer(col, col) / (noise_var + S[j + 1, j + 1])
+        avail[j] = False
+        chosen.append(j)
+        spent += float(cost[j])
+        var.append(float(max(S[0, 0], 0.0)))
+    return Design(chosen, var, spent, "per FLOP" if per_flop else "reduction")
+
+
+def design_from_ensemble(
+    t: np.ndarray, preds: np.ndarray, cost: np.ndarray, noise_var: float, *, k: int, budget: float = math.inf
+) -> Design:
+    """The design for target log-losses ``t`` [B] and candidate log-losses ``preds`` [B, M] of one bootstrap
+    ensemble: the per-FLOP greedy, or with a finite budget the better of it and the greedy by reduction."""
+    Z = np.concatenate([np.asarray(t)[:, None], np.asarray(preds)], axis=1)
+    ok = np.all(np.isfinite(Z), axis=1)
+    cov = np.cov(Z[ok], rowvar=False)
+    best = greedy_design(cov, cost, noise_var, k=k, budget=budget, per_flop=True)
+    if math.isfinite(budget):
+        alt = greedy_design(cov, cost, noise_var, k=k, budget=budget, per_flop=False)
+        if alt.variance[-1] < best.variance[-1]:
+            best = alt
+    return best
+
+
+@dataclass
+class Suggestion:
+    """The runs to train next and what they are expected to buy."""
+
+    target: Target
+    law: str
+    candidates: Candidates  # the chosen ones, in pick order
+    n_candidates: int  # candidates scored
+    excluded: dict[str, int]
+    design: Design
+    interval: tuple[float, float]  # the target's current bootstrap interval (loss)
+    prediction: float  # the target's loss under the full fit
+    confidence: float
+
+    @property
+    def width(self) -> float:
+        return self.interval[1] - self.interval[0]
+
+    @property
+    def expected_widths(self) -> list[float]:
+        """Expected interval width after each pick: the current width times the ratio of the std devs."""
+        v0 = self.design.variance[0]
+        return [self.width * math.sqrt(v / v0) if v0 > 0 else self.width for v in self.design.variance[1:]]
+
+    def table(self) -> pd.DataFrame:
+        t = self.candidates.table.copy()
+        t.insert(0, "pick", np.arange(1, len(t) + 1))
+        t["flops"] = self.candidates.flops
+        t["expected_width"] = self.expected_widths
+        return t
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target.label,
+            "law": self.law,
+            "prediction": self.prediction,
+            "interval": list(self.interval),
+            "confidence": self.confidence,
+            "expected_width_after": self.expected_widths[-1] if self.design.chosen else self.width,
+            "flops": self.design.flops,
+            "rule": self.design.rule,
+            "n_candidates": self.n_candidates,
+            "excluded": self.excluded,
+            "runs": [
+                {**p, "flops": float(c), "expected_width": w}
+                for p, c, w in zip(
+                    self.candidates.points, self.candidates.flops, self.expected_widths, strict=True
+                )
+            ],  # fmt: skip
+        }
+
+
+def suggest(
+    res: FitResult, target: Target, candidates: Candidates, *, k: int = 8, budget: float = math.inf
+) -> Suggestion:
+    """The next ``k`` runs (``budget`` FLOPs in all at most) from ``candidates``, for a bootstrapped fit."""
+    if res.bootstrap is None:
+        raise MoelabError("suggest needs the fit's bootstrap ensemble (fit with bootstrap > 0)")
+    if len(candidates) == 0:
+        raise MoelabError(
+            "no candidate run is left after the FLOP cap, the epoch limit and the family's shapes"
+        )
+    law = res.law
+    theta = law.from_params(res.bootstrap.samples)
+    t = target.log_values(law, theta)
+    preds = law.log_predict(theta, law.features(candidates.table), np)
+    design = design_from_ensemble(t, preds, candidates.flops, noise_variance(res), k=k, budget=budget)
+    lo, hi = res.bootstrap.interval(np.exp(t[np.isfinite(t)]))
+    return Suggestion(
+        target=target,
+        law=law.name,
+        candidates=candidates.subset(design.chosen),
+        n_candidates=len(candidates),
+        excluded=dict(candidates.excluded),
+        design=design,
+        interval=(float(lo), float(hi)),
+        prediction=float(np.exp(target.log_values(law, res.theta[None])[0])),
+        confidence=res.bootstrap.confidence,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- sweep YAML
+def sweep_dict(
+    points: list[dict[str, Any]], base: dict[str, Any] | None, name: str, description: str
+) -> dict:
+    """A sweep spec (``generator: zip``, one explicit list per axis) that trains ``points`` on the ``base``
+    spec's model/data/train sections (their axis keys and budgets removed) and its scheduling keys."""
+    base = dict(base or {})
+    names = [a for a in AXES if any(a in p for p in points)]
+    if any(set(p) != set(names) for p in points):
+        raise MoelabError("suggested runs must set the same axes")
+    model = {k: v for k, v in (base.get("model") or {}).items() if k not in names}
+    train = {k: v for k, v in (base.get("train") or {}).items() if k not in ("tokens", "flops")}
+    out: dict[str, Any] = {"name": name, "description": description}
+    if model:
+        out["model"] = model
+    if base.get("data"):
+        out["data"] = dict(base["data"])
+    if train:
+        out["train"] = train
+    out["generator"] = "zip"
+    out["axes"] = {a: [_plain(p[a]) for p in points] for a in names}
+    for key in ("seeds", "resources", "max_concurrency", "retries", "estimate"):
+        if base.get(key) is not None:
+            out[key] = base[key]
+    return out
+
+
+def _plain(v):
+    """A YAML-friendly Python scalar (ints stay ints, floats keep 6 significant digits)."""
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | np.integer):
+        return int(v)
+    f = float(v)
+    return int(f) if f == int(f) and abs(f) < 2**53 and abs(f) >= 1 else float(f"{f:.6g}")
+
+
+# ---------------------------------------------------------------------------------------------- simulation
+def grid_rung(df: pd.DataFrame, axis: str = "active_params") -> list[dict[str, Any]]:
+    """The next rung of a regular grid along ``axis``: its largest value times the grid's mean ratio, crossed
+    with the other axes' values of the runs at the current top rung."""
+    vals = np.sort(df[axis].unique().astype(np.float64))
+    if len(vals) < 2:
+        raise MoelabError(f"a grid rung needs at least two values of {axis}")
+    ratio = float(np.exp(np.mean(np.diff(np.log(vals)))))
+    top = df[np.isclose(df[axis].to_numpy(np.float64), vals[-1])]
+    others = [a for a in AXES if a in df.columns and a != axis]
+    rows = top[others].drop_duplicates().to_dict("records")
+    return [{axis: float(f"{vals[-1] * ratio:.4g}"), **r} for r in rows]
+
+
+def random_design(
+    cost: np.ndarray, budget: float, rng: np.random.Generator, k: int | None = None
+) -> list[int]:
+    """Candidates in a random order, each kept while the total stays within ``budget`` (and ``k`` runs)."""
+    chosen, spent = [], 0.0
+    for j in rng.permutation(len(cost)):
+        if spent + cost[j] <= budget * (1 + 1e-9):
+            chosen.append(int(j))
+            spent += float(cost[j])
+            if k is not None and len(chosen) >= k:
+                break
+    return chosen
+
+
+def _bootstrap_samples(law: Law, datasets, starts, n_boot: int, seeds, delta: float) -> list[np.ndarray]:
+    """Raw bootstrap optima [n_boot, P] for each (X, logy) dataset, all datasets in one batched L-BFGS."""
+    weights = [resample_weights(len(y), n_boot, int(s)) for (_, y), s in zip(datasets, seeds, strict=True)]
+    return refit_many(law, delta, datasets, weights, starts)
+
+
+def _full_fits(law: Law, datasets, starts: np.ndarray, delta: float) -> list[np.ndarray]:
+    """Best raw optimum of each dataset from every row of ``starts`` (unit weights)."""
+    weights = [np.ones((1, len(y))) for _, y in datasets]
+    return [t[0] for t in refit_many(law, delta, datasets, weights, [starts] * len(datasets))]
+
+
+def simulate(
+    law: Law | str,
+    truth: dict[str, float],
+    base_points: pd.DataFrame,
+    candidates: Candidates,
+    rung: Candidates,
+    target: Target,
+    *,
+    seeds: Iterable[int] = range(20),
+    n_boot: int = 64,
+    noise: float = 0.01,
+    n_starts: int = 64,
+    delta: float = DELTA,
+) -> pd.DataFrame:
+    """Per seed, the target's interval width before and after adding (a) the suggested runs, (b) random
+    candidates, (c) the next grid rung, all at the FLOPs of the rung.
+
+    Losses are ``truth``'s prediction times exp(noise * N(0, 1)) (a fresh draw per seed and run). The base
+    fit starts from ``n_starts`` points of the law's grid; bootstraps (``n_boot`` resamples) of every seed and
+    design run as lanes of one batched L-BFGS. Returns one row per seed: ``width_before``, ``width_<design>``,
+    ``flops_<design>``, ``runs_<design>``.
+    """
+    law = get_law(law)
+    seeds = list(seeds)
+    X_base = law.features(base_points)
+    true_p = np.array([truth[p] for p in law.params])
+    true_theta = law.from_params(true_p)
+
+    def observe(X, rng):
+        return law.log_predict(true_theta, X, np) + noise * rng.normal(size=len(X))
+
+    rngs = {s: np.random.default_rng([s, 1]) for s in seeds}
+    base = [(X_base, observe(X_base, rngs[s])) for s in seeds]
+    theta0 = _full_fits(law, base, law.starts(n_starts), delta)
+    boot0 = _bootstrap_samples(law, base, [t[None] for t in theta0], n_boot, seeds, delta)
+    budget = float(rung.flops.sum())
+    X_cand = law.features(candidates.table)
+    X_rung = law.features(rung.table)
+    designs: dict[str, list] = {"suggest": [], "random": [], "grid": []}
+    for i, s in enumerate(seeds):
+        r = law.log_predict(theta0[i], X_base, np) - base[i][1]
+        nv = max(float(np.sum(r**2) / max(len(r) - law.n_params, 1)), 1e-10)
+        t = target.log_values(law, boot0[i])
+        preds = law.log_predict(boot0[i], X_cand, np)
+        d = design_from_ensemble(t, preds, candidates.flops, nv, k=len(candidates), budget=budget)
+        designs["suggest"].append((X_cand[d.chosen], float(candidates.flops[d.chosen].sum())))
+        pick = random_design(candidates.flops, budget, np.random.default_rng([s, 2]))
+        designs["random"].append((X_cand[pick], float(candidates.flops[pick].sum())))
+        designs["grid"].append((X_rung, budget))
+    datasets, starts, boot_seeds = [], [], []
+    for name in designs:
+        for i, s in enumerate(seeds):
+            X_new = designs[name][i][0]
+            X = np.concatenate([X_base, X_new])
+            y = np.concatenate([base[i][1], observe(X_new, np.random.default_rng([s, 3]))])
+            datasets.append((X, y))
+            starts.append(theta0[i][None])
+            boot_seeds.append(s)
+    boots = _bootstrap_samples(law, datasets, starts, n_boot, boot_seeds, delta)
+
+    def width(theta):
+        v = np.exp(target.log_values(law, theta))
+        v = v[np.isfinite(v)]
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        return float(hi - lo)
+
+    rows = []
+    for i, s in enumerate(seeds):
+        row = {"seed": s, "width_before": width(boot0[i])}
+        for j, name in enumerate(designs):
+            row[f"width_{name}"] = width(boots[j * len(seeds) + i])
+            row[f"flops_{name}"] = designs[name][i][1]
+            row[f"runs_{name}"] = len(designs[name][i][0])
+        rows.append(row)
+    return pd.DataFrame(rows)
