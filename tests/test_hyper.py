@@ -239,3 +239,32 @@ def test_moelab_plan_bad_hyper_input_is_one_line_exit_2(argv, match, capsys):
     assert main(["plan", "--preset", "hunyuan-large", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def test_report_section_draws_cells_laws_and_noise():
+    from pathlib import Path
+
+    from analysis.report.data import ResultsData
+    from analysis.report.hyper import hyper_section
+
+    runs = _surface(_cells(), LRS, BATCHES, noise=0.001)
+    runs["run_id"], runs["status"] = [f"r{i:03d}" for i in range(len(runs))], "succeeded"
+    runs["train_loss"], runs["top_k"] = runs["loss"], 1
+    rng = np.random.default_rng(0)
+    curves = {}
+    for rid, e in zip(runs["run_id"][:6], runs["n_experts"][:6], strict=True):
+        L = np.linspace(3.0, 2.0, 20)
+        c = pd.DataFrame({"step": np.arange(1, 21) * 10, "tokens": np.arange(1, 21) * 5120, "loss": L,
+                          "b_simple": 50 * L**-4 * np.exp(0.05 * rng.normal(size=20))})  # fmt: skip
+        c["b_simple_shared"] = c["b_simple"]
+        c["b_simple_expert"] = c["b_simple"] * (6.0 if e > 1 else np.nan)
+        curves[rid] = c
+    data = ResultsData(root=Path("."), runs=runs, curves=curves)
+    sec, fits = hyper_section(data, n_boot=20)
+    assert [name for name, _ in sec.figures] == ["hyper_lr", "hyper_laws", "hyper_noise"]
+    captions = [c for c, _ in sec.tables]
+    assert any("per cell" in c for c in captions) and any("B_crit" in c for c in captions)
+    assert fits["bcrit"]["b_simple"]["alpha_B"] == pytest.approx(0.25, rel=0.1)
+    json.dumps(fits, default=float)
+    bare = ResultsData(root=Path("."), runs=runs.drop(columns=["lr"]), curves={})
+    assert hyper_section(bare) == (None, None)

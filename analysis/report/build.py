@@ -12,6 +12,7 @@ import pandas as pd
 from analysis.report import figures as F
 from analysis.report.data import ResultsData, load_results
 from analysis.report.fits import Analysis, analyse
+from analysis.report.hyper import hyper_section
 from analysis.report.render import Section, write_report_folder
 
 __all__ = ["build_report", "summary_lines"]
@@ -333,6 +334,7 @@ def build_report(
     an = analyse(data, target=target, n_boot=n_boot, max_starts=max_starts, laws=laws)
     sections: list[Section | None] = [_sweep_section(data), _curves_section(data), _compute_section(data, an)]
     iso, minima = _isoflop_section(data)
+    hyp, hyper_fits = hyper_section(data, n_boot=n_boot or 200)
     sections += [
         iso,
         _moe_section(data, an),
@@ -340,12 +342,14 @@ def build_report(
         _params_section(an),
         _extrapolation_section(an),
         _router_section(data),
+        hyp,
         _repro_section(data),
     ]
     present = [s for s in sections if s is not None]
     summary = summary_lines(an)
     fits = an.to_json()
     fits["isoflop_minima"] = minima
+    fits["hyper"] = hyper_fits
     fits["sections"] = [s.key for s in present]
     fits["summary"] = summary
     fits["n_runs"] = int(len(data.runs))
