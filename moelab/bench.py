@@ -1,7 +1,8 @@
 """``moelab bench step``: throughput of a full training step and model FLOP utilisation (MFU).
 
-A step is forward, backward and an optax AdamW update of ``moelab.model.Transformer`` on random tokens, jitted
-with donated buffers. Reported per model:
+A step is the trainer's own step (``moelab.train.step.make_train_step``: forward, backward, the AdamW update
+of ``moelab.train.optim`` and the non-finite guard) of ``moelab.model.Transformer`` on random tokens, with
+donated buffers. Reported per model:
 
 - ``tokens_per_s`` = batch · seq_len / step time (best of ``--rounds`` timed rounds of ``--steps`` steps);
 - ``flops_per_s`` = ``moelab.accounting.train_flops_per_token(cfg, seq_len)`` · tokens_per_s (model FLOPs: the
@@ -168,41 +169,35 @@ def dense_twin(cfg):
 
 
 def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
-    """(step, state): a jitted AdamW training step on random tokens and its initial (params, opt_state)."""
+    """(step, state, tokens): the production train step (``moelab.train.step.make_train_step`` with the
+    trainer's AdamW, ``moelab.train.optim.make_optimizer``) as ``step(state, tokens, i) -> (state, loss)``,
+    its initial state and a batch of random tokens [batch, seq_len + 1] (seq_len positions trained)."""
     import jax
     import jax.numpy as jnp
-    import optax
+    import numpy as np
     from flax import nnx
 
     from moelab.model import Transformer
+    from moelab.train.config import TrainConfig
+    from moelab.train.optim import make_optimizer
+    from moelab.train.step import make_train_step, param_labels
 
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = optax.adamw(lr, weight_decay=0.1)
-    opt_state = tx.init(params)
+    graphdef, params, rest = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    tx = make_optimizer(TrainConfig(lr=lr, seq_len=seq_len, batch_size=batch), param_labels(params))
+    train_step = make_train_step(graphdef, tx, cfg)
 
-    def loss_fn(params, tokens, key):
-        logits, stats = nnx.merge(graphdef, params)(tokens, router_key=key)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
-        return ce + cfg.aux_loss_coef * stats["aux_loss"] + cfg.z_loss_coef * stats["z_loss"]
+    def step(state, tokens, i):
+        *state, metrics = train_step(*state, rest, tokens, np.int32(i), np.float32(lr), np.int32(0))
+        return tuple(state), metrics["loss"]
 
-    @jax.jit
-    def step(state, tokens, key):
-        params, opt_state = state
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    step = jax.jit(step.__wrapped__, donate_argnums=0)
-    tokens = jax.random.randint(jax.random.key(1), (batch, seq_len), 0, cfg.vocab_size, dtype=jnp.int32)
-    return step, (params, opt_state), tokens
+    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32))
+    tokens = jax.random.randint(jax.random.key(1), (batch, seq_len + 1), 0, cfg.vocab_size, dtype=jnp.int32)
+    return step, state, tokens
 
 
 def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dense_twin: bool = True) -> dict:
     """Time the model (and its dense twin for an MoE) and the matmul peak in alternating rounds, so that all
     see the same machine load; the best round of each counts. See the module docstring."""
-    import jax
-
     from moelab.accounting import param_counts, train_flops_per_token
 
     models = {"model": cfg}
@@ -212,7 +207,7 @@ def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dens
     for key, c in models.items():
         step, state, tokens = make_step(c, seq_len, batch)
         t0 = time.perf_counter()
-        state, loss = step(state, tokens, jax.random.key(0))
+        state, loss = step(state, tokens, 0)
         loss.block_until_ready()
         runs[key] = dict(step=step, state=state, tokens=tokens, compile_s=time.perf_counter() - t0, best=1e30)
     peak = 0.0
@@ -222,7 +217,7 @@ def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dens
             state = run_["state"]
             t0 = time.perf_counter()
             for i in range(steps):
-                state, loss = run_["step"](state, run_["tokens"], jax.random.key(r * steps + i))
+                state, loss = run_["step"](state, run_["tokens"], r * steps + i + 1)
             loss.block_until_ready()
             run_["best"] = min(run_["best"], (time.perf_counter() - t0) / steps)
             run_["state"] = state

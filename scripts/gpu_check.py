@@ -5,9 +5,10 @@ What it runs: ``hunyuan-large`` with its widths (d_model 6400, 80 query / 8 KV h
 cross-layer KV pairs, 16 routed experts of width 18304 + 1 shared, top-1, vocab 128512) but only as many
 layers as fit one card (an even number, at least 2, for the K/V sharing pairs; on an 80 GB card even two
 layers of 16 experts do not fit, so the routed experts are halved until they do), bf16 parameters and
-activations, the dropless grouped-matmul dispatch (``jax.lax.ragged_dot``), and plain SGD (an fp32 Adam
-state of even one such layer, 6.1B parameters x 16 bytes, would not fit one card: the check measures the
-step, not the optimiser).
+activations, the dropless grouped-matmul dispatch (``jax.lax.ragged_dot``), through the trainer's own step
+(``moelab.train.step.make_train_step``: loss, router losses, non-finite guard) with plain SGD as its optimiser
+(an fp32 Adam state of even one such layer, 6.1B parameters x 16 bytes, would not fit one card: the check
+measures the step, not the optimiser).
 
 What it prints: compile time, step time, tokens/s, model FLOPs per step from ``moelab.accounting``, and the
 model FLOP utilisation (MFU) against (a) the card's *measured* bf16 matmul rate (an 8192^3 product, timed
@@ -102,13 +103,14 @@ def main(argv=None) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
     import jax
     import jax.numpy as jnp
+    import numpy as np
     import optax
     from flax import nnx
 
     from moelab.accounting import param_counts, train_flops_per_token
     from moelab.model import Transformer
     from moelab.parallel.chips import CHIPS
-    from moelab.parallel.step import Sharded, make_train_step
+    from moelab.train.step import make_train_step
 
     dev = jax.devices()[0]
     kind = getattr(dev, "device_kind", str(dev))
@@ -133,16 +135,21 @@ def main(argv=None) -> int:
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     del model
-    sharded = Sharded(graphdef, params, rest, None, None, None)
-    tx = optax.sgd(1e-4)
-    opt_state = tx.init(params)
-    step = make_train_step(sharded, tx, aux_loss_coef=cfg.aux_loss_coef, z_loss_coef=cfg.z_loss_coef)
+    tx = optax.sgd(1.0)  # the production step multiplies the update by its lr argument
+    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32))  # (params, opt_state, first_bad)
+    train_step = make_train_step(graphdef, tx, cfg)  # the trainer's own step (moelab/train/step.py)
+    lr, seed = np.float32(1e-4), np.int32(0)
+
+    def step(state, batch, i):
+        *state, metrics = train_step(*state, rest, batch, np.int32(i), lr, seed)
+        return tuple(state), metrics
+
     key = jax.random.key(1)
     batches = [jax.random.randint(jax.random.fold_in(key, i), (batch, seq + 1), 0, cfg.vocab_size, jnp.int32)
                for i in range(2)]
 
     t = time.perf_counter()
-    params, opt_state, metrics = step(params, rest, opt_state, batches[0], None)
+    state, metrics = step(state, batches[0], 0)
     first_loss = float(metrics["loss"])
     compile_s = time.perf_counter() - t
     print(f"compile + first step: {compile_s:.1f} s, loss {first_loss:.3f}", flush=True)
@@ -151,7 +158,7 @@ def main(argv=None) -> int:
     loop_start = time.perf_counter()
     for i in range(args.steps):
         t = time.perf_counter()
-        params, opt_state, metrics = step(params, rest, opt_state, batches[i % 2], None)
+        state, metrics = step(state, batches[i % 2], i + 1)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - t)
         if time.perf_counter() - loop_start > args.max_seconds:

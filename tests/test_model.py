@@ -13,6 +13,7 @@ from moelab.config import ModelConfig
 from moelab.model import Transformer
 from moelab.model.attention import Attention
 from moelab.model.layers import rope
+from moelab.model.stats import RouterStats
 from moelab.presets import get_preset
 
 AXES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "experts", "layers", "norm"}
@@ -120,12 +121,12 @@ def test_forward_is_causal_reports_stats_and_recycle_is_keyed():
     tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size, dtype=jnp.int32)
     logits, stats = _forward(model, tokens, jax.random.key(0))
     assert logits.shape == (2, 12, cfg.vocab_size) and logits.dtype == jnp.float32
-    assert stats["load"].shape == (cfg.n_layers, cfg.n_experts)
-    np.testing.assert_allclose(stats["load"].sum(-1), 1.0, rtol=1e-6)
-    for name in ("aux_loss", "z_loss", "dropped_frac", "recycled_frac"):
-        assert stats[name].shape == ()
-    assert float(stats["aux_loss"]) >= 1.0 - 1e-6  # its minimum is 1 at perfect balance
-    assert float(stats["dropped_frac"]) > 0  # capacity really binds, yet the model stays causal
+    assert isinstance(stats, RouterStats) and stats.load.shape == (cfg.n_layers, cfg.n_experts)
+    np.testing.assert_allclose(stats.load.sum(-1), 1.0, rtol=1e-6)
+    for name in ("aux_loss", "z_loss", "dropped_frac", "recycled_frac"):  # one value per layer
+        assert getattr(stats, name).shape == (cfg.n_layers,) and getattr(stats, name).dtype == jnp.float32
+    assert float(stats.aux_loss.min()) >= 1.0 - 1e-6  # its minimum is 1 at perfect balance
+    assert float(stats.dropped_frac.mean()) > 0  # capacity really binds, yet the model stays causal
     changed = tokens.at[:, 8:].set((tokens[:, 8:] + 1) % cfg.vocab_size)
     logits2, _ = _forward(model, changed, jax.random.key(0))
     np.testing.assert_allclose(logits[:, :8], logits2[:, :8], atol=1e-5)
@@ -134,14 +135,15 @@ def test_forward_is_causal_reports_stats_and_recycle_is_keyed():
     recycle = Transformer(cfg.replace(overflow="recycle"), rngs=nnx.Rngs(0))
     _, s1 = _forward(recycle, tokens, jax.random.key(0))
     _, s2 = _forward(recycle, tokens, jax.random.key(0))
-    assert float(s1["recycled_frac"]) > 0 and float(s1["recycled_frac"]) == float(s2["recycled_frac"])
-    assert float(s1["dropped_frac"]) < float(stats["dropped_frac"])
+    assert float(s1.recycled_frac.mean()) > 0
+    np.testing.assert_array_equal(s1.recycled_frac, s2.recycled_frac)
+    assert float(s1.dropped_frac.mean()) < float(stats.dropped_frac.mean())
 
 
 def _loss(model, tokens, key):
     logits, stats = model(tokens, router_key=key)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
-    return ce + model.cfg.aux_loss_coef * stats["aux_loss"] + model.cfg.z_loss_coef * stats["z_loss"]
+    return ce + model.cfg.aux_loss_coef * stats.aux_loss.mean() + model.cfg.z_loss_coef * stats.z_loss.mean()
 
 
 _grad = nnx.jit(nnx.value_and_grad(_loss))
@@ -166,6 +168,16 @@ def test_bfloat16_compute_runs_with_float32_logits():
     cfg = ModelConfig(**SMALL, n_layers=2, n_experts=4, dtype="bfloat16")
     logits, stats = _forward(Transformer(cfg, rngs=nnx.Rngs(0)), jnp.zeros((1, 8), jnp.int32), None)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    assert stats.aux_loss.dtype == jnp.float32 and stats.load.dtype == jnp.float32
+
+
+def test_dense_model_reports_a_single_expert_taking_every_token():
+    cfg = ModelConfig(**SMALL, n_layers=4, cla_share=2)
+    _, stats = _forward(Transformer(cfg, rngs=nnx.Rngs(0)), jnp.zeros((1, 8), jnp.int32), None)
+    expected = jax.tree.map(lambda s: jnp.stack([s] * cfg.n_layers), RouterStats.dense())
+    assert jax.tree.structure(stats) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(stats), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_remat_policy_changes_memory_not_gradients():
@@ -178,7 +190,7 @@ def test_remat_policy_changes_memory_not_gradients():
 
     def loss(p):
         logits, stats = nnx.merge(graphdef, p)(tokens)
-        return jnp.mean(logits**2) + stats["aux_loss"]
+        return jnp.mean(logits**2) + stats.aux_loss.mean()
 
     base = jax.value_and_grad(loss)(params)
     with use_remat("full"):

@@ -1,5 +1,6 @@
-"""The sharded training step equals the unsharded one (8 simulated CPU devices), and the full-size
-Hunyuan-Large built abstractly with its shardings holds the planner's per-chip parameter count."""
+"""The production train step (``moelab.train.step.make_train_step``) on a mesh equals the same step on one
+device (8 simulated CPU devices), and the full-size Hunyuan-Large built abstractly with its shardings holds
+the planner's per-chip parameter count."""
 
 from __future__ import annotations
 
@@ -14,69 +15,85 @@ from jax.sharding import AbstractMesh
 from moelab.config import ModelConfig
 from moelab.model import Transformer
 from moelab.parallel.mesh import AXES, MeshShape, make_mesh
+from moelab.parallel.placement import Placement
 from moelab.parallel.planner import local_params
 from moelab.parallel.shard import abstract_state, per_device_params
-from moelab.parallel.step import (
-    Sharded,
-    init_opt_state,
-    make_grad_fn,
-    make_train_step,
-    shard_model,
-)
 from moelab.presets import get_preset
+from moelab.train.step import make_train_step
 
 # Hunyuan-Large's structure, reduced: 1 shared + 4 routed experts, top-1, recycle overflow, GQA (4 query /
 # 2 KV heads), cross-layer K/V pairs, qk-norm, tied embeddings.
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=8, cla_share=2,
                   qk_norm=True, max_seq_len=32, n_experts=4, top_k=1, n_shared_experts=1, d_expert=32,
                   d_shared=32, capacity_factor=1.0, overflow="recycle")
-COEFS = dict(aux_loss_coef=CFG.aux_loss_coef, z_loss_coef=CFG.z_loss_coef)
 TOL = 1e-5
+STEP, SEED = 3, 7  # the router key of the step is fold_in(key(SEED + 1), STEP)
 
 
 def _batch():
-    return jax.random.randint(jax.random.key(3), (8, 17), 0, CFG.vocab_size, jnp.int32)
+    return np.asarray(jax.random.randint(jax.random.key(3), (8, 17), 0, CFG.vocab_size, jnp.int32))
 
 
-def _unsharded():
-    g, p, r = nnx.split(Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param, ...)
-    return Sharded(g, p, r, None, None, None)
+def _placed(mesh, tx):
+    """(graphdef, state = (params, opt_state, first_bad), rest, placement) of a fresh model on ``mesh``."""
+    placement = Placement(mesh)
+    graphdef, params, rest = placement.init_model(lambda: Transformer(CFG, rngs=nnx.Rngs(0)))
+    state = (params, placement.init_opt_state(tx, params), placement.scalar(np.int32(-1)))
+    return graphdef, state, rest, placement
 
 
-@pytest.fixture(scope="module")
-def reference():
-    ref = _unsharded()
-    loss, parts, grads = make_grad_fn(ref, **COEFS)(ref.params, ref.rest, _batch(), jax.random.key(5))
-    return float(loss), [float(x) for x in parts], grads
+def _step(mesh, tx, lr, compiled_text=None):
+    """One production step on ``mesh`` (None: one device): (params before, params after, metrics)."""
+    graphdef, state, rest, placement = _placed(mesh, tx)
+    before = jax.tree.map(jnp.copy, state[0])  # the step donates its state
+    step = make_train_step(graphdef, tx, CFG, mesh=mesh, state_shardings=placement.shardings(state))
+    args = (*state, rest, placement.batch(_batch()), np.int32(STEP), np.float32(lr), np.int32(SEED))
+    compiled = step.lower(*args).compile()
+    if compiled_text is not None:
+        compiled_text.append(compiled.as_text())
+    after, _, first_bad, metrics = compiled(*args)
+    assert int(first_bad) == -1
+    return before, after, jax.device_get(metrics)
 
 
 def _max_diff(a, b):
     return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), a, b)))
 
 
+def _grads(before, after):
+    """SGD with learning rate 1 moves every parameter by exactly minus its gradient."""
+    return jax.tree.map(lambda b, a: b - a, before, after)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _step(None, optax.sgd(1.0), 1.0)
+
+
 @pytest.mark.parametrize("mesh_text", ["data=2,expert=4", "fsdp=2,expert=2,tensor=2"])
-def test_sharded_loss_and_gradients_equal_unsharded(mesh_text, reference):
-    loss0, parts0, grads0 = reference
+def test_sharded_step_gradients_equal_unsharded(mesh_text, reference):
+    before0, after0, m0 = reference
     mesh = make_mesh(mesh_text)
-    sh = shard_model(Transformer(CFG, rngs=nnx.Rngs(0)), mesh)
+    text = []
+    before, after, m = _step(mesh, optax.sgd(1.0), 1.0, text)
+    assert _max_diff(before, before0) <= 1e-7  # created on its shardings: the same values (jit rounding)
     # the parameters really are split: routed experts over `expert`
-    w = sh.params["blocks"]["layer_0"]["mlp"]["w_gate"].get_value()
-    m = MeshShape.parse(mesh_text)
+    w = before["blocks"]["layer_0"]["mlp"]["w_gate"].get_value()
+    shape = MeshShape.parse(mesh_text)
     n_blocks = CFG.n_layers // CFG.cla_share
-    assert w.addressable_shards[0].data.shape == (n_blocks, CFG.n_experts // m.expert,
-                                                  CFG.d_model // m.fsdp, CFG.d_expert // m.tensor)
-    args = (sh.params, sh.rest, _batch(), jax.random.key(5))
-    compiled = make_grad_fn(sh, **COEFS).lower(*args).compile()
-    if m.expert > 1:  # expert parallelism: XLA moves tokens between expert shards by all-to-all
-        assert "all-to-all" in compiled.as_text()
-    loss, parts, grads = compiled(*args)
-    assert abs(float(loss) - loss0) <= TOL * max(1.0, abs(loss0))
-    np.testing.assert_allclose([float(x) for x in parts], parts0, rtol=TOL, atol=TOL)
-    assert parts0[1] > 0 and parts0[2] > 0  # aux and z losses are live, not zeros
+    assert w.addressable_shards[0].data.shape == (n_blocks, CFG.n_experts // shape.expert,
+                                                  CFG.d_model // shape.fsdp, CFG.d_expert // shape.tensor)
+    if shape.expert > 1:  # expert parallelism: XLA moves tokens between expert shards by all-to-all
+        assert "all-to-all" in text[0]
+    for name in ("loss", "total_loss", "aux_loss", "z_loss", "grad_norm", "dropped_frac", "recycled_frac"):
+        assert abs(float(m[name]) - float(m0[name])) <= TOL * max(1.0, abs(float(m0[name]))), name
+    np.testing.assert_allclose(m["load"], m0["load"], atol=TOL)
+    assert float(m0["aux_loss"]) > 0 and float(m0["z_loss"]) > 0  # router losses are live, not zeros
+    grads, grads0 = _grads(before, after), _grads(before0, after0)
     assert _max_diff(grads, grads0) <= TOL
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads0)) > 1e-3  # non-trivial gradients
-    gw = grads["blocks"]["layer_0"]["mlp"]["w_gate"].get_value()
-    assert gw.sharding.is_equivalent_to(w.sharding, gw.ndim)  # gradients stay sharded like the parameters
+    w_new = after["blocks"]["layer_0"]["mlp"]["w_gate"].get_value()
+    assert w_new.sharding.is_equivalent_to(w.sharding, w.ndim)  # the state stays on its shardings
 
 
 def test_sharded_adamw_step_equals_unsharded():
@@ -84,22 +101,20 @@ def test_sharded_adamw_step_equals_unsharded():
     # (1e-8) float32 noise of 1e-9 in a vanishing gradient moves a parameter by up to ~lr. eps = 1e-3 bounds
     # the slope (lr / eps = 10) so that gradients equal to 1e-7 give parameters equal to 1e-6, and the
     # comparison below tests the sharded optimiser, not the conditioning of Adam at g ~ 0.
-    tx = optax.adamw(1e-2, eps=1e-3, weight_decay=0.1)
-    ref = _unsharded()
-    ref_state = init_opt_state(tx, ref)
-    new_ref, _, m_ref = make_train_step(ref, tx, **COEFS)(ref.params, ref.rest, ref_state, _batch(), None)
+    tx = optax.adamw(1.0, eps=1e-3, weight_decay=0.1)  # the step multiplies by its lr argument
+    before_ref, new_ref, m_ref = _step(None, tx, 1e-2)
 
     mesh = make_mesh("fsdp=2,expert=2,tensor=2")
-    sh = shard_model(Transformer(CFG, rngs=nnx.Rngs(0)), mesh)
-    state = init_opt_state(tx, sh)
-    mu = state[0].mu["blocks"]["layer_0"]["mlp"]["w_down"].get_value()
-    w_down_sharding = sh.param_shardings["blocks"]["layer_0"]["mlp"]["w_down"].get_value()
-    assert mu.sharding.is_equivalent_to(w_down_sharding, 4)
-    new, state, metrics = make_train_step(sh, tx, **COEFS)(sh.params, sh.rest, state, _batch(), None)
+    _, (params, opt_state, _), _, placement = _placed(mesh, tx)
+    mu = opt_state[0].mu["blocks"]["layer_0"]["mlp"]["w_down"].get_value()
+    w_down = params["blocks"]["layer_0"]["mlp"]["w_down"].get_value()
+    assert mu.sharding.is_equivalent_to(w_down.sharding, 4)  # Adam's moments sharded like the parameters
+    assert not w_down.sharding.is_fully_replicated
+    _, new, metrics = _step(mesh, tx, 1e-2)
     assert abs(float(metrics["loss"]) - float(m_ref["loss"])) <= TOL
     assert abs(float(metrics["grad_norm"]) - float(m_ref["grad_norm"])) <= TOL
     assert _max_diff(new, new_ref) <= TOL
-    assert _max_diff(new, _unsharded().params) > 5e-4  # the step moved the parameters
+    assert _max_diff(new, before_ref) > 5e-4  # the step moved the parameters
 
 
 @pytest.mark.parametrize(

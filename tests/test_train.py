@@ -182,7 +182,7 @@ def test_train_step_matches_plain_reference(split_model):
         logits, stats = m(batch[:, :-1], router_key=key)
         logp = jax.nn.log_softmax(logits, axis=-1)
         ce = -jnp.mean(jnp.take_along_axis(logp, batch[:, 1:, None], axis=-1))
-        return ce + TINY.aux_loss_coef * stats["aux_loss"] + TINY.z_loss_coef * stats["z_loss"], ce
+        return ce + TINY.aux_loss_coef * stats.aux_loss.mean() + TINY.z_loss_coef * stats.z_loss.mean(), ce
 
     @jax.jit
     def ref_grad(p):

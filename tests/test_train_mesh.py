@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from moelab.cli import main
+from moelab.parallel.placement import Placement
 from moelab.train import run_training
-from moelab.train.loop import global_array, init_state, resolve_mesh, shardings_of
+from moelab.train.loop import init_state, resolve_mesh
 from moelab.train.step import make_train_step
 from tests._train_helpers import tiny_run, write_corpus
 
@@ -93,19 +94,17 @@ def test_compiled_step_follows_the_input_shardings(plain):
     """The jitted step is compiled for the shardings of its arguments: logical-axis shardings of the state
     (experts over ``expert``, d_model over ``fsdp``, heads/mlp over ``tensor``) and a batch split over the
     batch axes; the donated state comes back on the same shardings."""
-    from moelab.parallel.step import batch_sharding
-
     run, _, _ = plain
     mesh = resolve_mesh("fsdp=2,expert=2,tensor=2", run.train.batch_size)
-    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, mesh)
+    placement = Placement(mesh)
+    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, placement)
     state = (params, opt_state, first_bad)
     # remat "full" as in the resumed run above: the persistent compilation cache usually has this step
     step = make_train_step(
-        graphdef, tx, run.model, mesh=mesh, remat="full", state_shardings=shardings_of(state)
+        graphdef, tx, run.model, mesh=mesh, remat="full", state_shardings=placement.shardings(state)
     )
     t = run.train
-    tokens = np.zeros((t.batch_size, t.seq_len + 1), np.int32)
-    batch = global_array(tokens, batch_sharding(mesh, t.batch_size))
+    batch = placement.batch(np.zeros((t.batch_size, t.seq_len + 1), np.int32))
     compiled = step.lower(*state, rest, batch, np.int32(0), np.float32(1e-3), np.int32(0)).compile()
     args, _ = compiled.input_shardings
     given = (*state, rest, batch)

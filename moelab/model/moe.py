@@ -16,6 +16,7 @@ from moelab.config import ModelConfig
 from moelab.model.dispatch import STRATEGIES
 from moelab.model.layers import SwiGLU, param
 from moelab.model.router import route
+from moelab.model.stats import RouterStats
 
 
 class MoE(nnx.Module):
@@ -30,7 +31,7 @@ class MoE(nnx.Module):
         if cfg.n_shared_experts:
             self.shared = SwiGLU(d, cfg.n_shared_experts * cfg.d_shared, std, out_std, pdt, rngs)
 
-    def __call__(self, x: jax.Array, key: jax.Array | None) -> tuple[jax.Array, dict]:
+    def __call__(self, x: jax.Array, key: jax.Array | None) -> tuple[jax.Array, RouterStats]:
         """x [B, T, d] -> (y [B, T, d], stats of this layer)."""
         cfg, dt = self.cfg, x.dtype
         b, t, d = x.shape
@@ -44,13 +45,7 @@ class MoE(nnx.Module):
         y = y.reshape(t, b, d).transpose(1, 0, 2)
         if cfg.n_shared_experts:
             y = y + self.shared(x)
-        stats = dict(aux_loss=r.aux_loss, z_loss=r.z_loss, load=r.load, dropped_frac=dropped,
-                     recycled_frac=recycled)  # fmt: skip
+        stats = RouterStats(aux_loss=r.aux_loss, z_loss=r.z_loss, load=r.load,
+                            dropped_frac=jnp.asarray(dropped, jnp.float32),
+                            recycled_frac=jnp.asarray(recycled, jnp.float32))  # fmt: skip
         return y, stats
-
-
-def dense_stats(cfg: ModelConfig) -> dict:
-    """Stats of a dense FFN layer: no router losses, the single 'expert' takes everything."""
-    zero = jnp.zeros((), jnp.float32)
-    return dict(aux_loss=zero, z_loss=zero, load=jnp.ones((1,), jnp.float32), dropped_frac=zero,
-                recycled_frac=zero)  # fmt: skip

@@ -32,7 +32,8 @@ from flax import nnx
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, matmul, param
-from moelab.model.moe import MoE, dense_stats
+from moelab.model.moe import MoE
+from moelab.model.stats import RouterStats
 from moelab.parallel.remat import layer_checkpoint
 
 
@@ -57,7 +58,7 @@ class Layer(nnx.Module):
         if self.cfg.is_moe:
             h, stats = self.mlp(self.mlp_norm(x), key)
         else:
-            h, stats = self.mlp(self.mlp_norm(x)), dense_stats(self.cfg)
+            h, stats = self.mlp(self.mlp_norm(x)), RouterStats.dense()
         return x + h, kv, stats
 
 
@@ -79,10 +80,10 @@ class Block(nnx.Module):
 
 class Transformer(nnx.Module):
     """``Transformer(cfg, rngs=nnx.Rngs(seed))``; ``model(tokens[B, T] int32, router_key=None)`` returns
-    ``(logits [B, T, vocab] float32, stats)`` with stats a dict: ``aux_loss``, ``z_loss`` (scalars, mean over
-    layers), ``load`` [n_layers, n_experts] (fraction of the routed assignments each expert was chosen for,
-    before capacity; a dense model reports [n_layers, 1] of ones), ``dropped_frac`` and ``recycled_frac``
-    (scalars, mean over layers). ``router_key`` seeds recycle routing (a fixed key when None).
+    ``(logits [B, T, vocab] float32, stats)`` with stats a ``RouterStats`` (moelab/model/stats.py) whose every
+    field has a leading [n_layers] axis: ``aux_loss``, ``z_loss``, ``dropped_frac``, ``recycled_frac``
+    [n_layers] and ``load`` [n_layers, n_experts] (a dense model reports [n_layers, 1] of ones).
+    ``router_key`` seeds recycle routing (a fixed key when None).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -122,9 +123,5 @@ class Transformer(nnx.Module):
         x = self.final_norm(x)
         head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
         logits = matmul(x, head.astype(dt)).astype(jnp.float32)
-        stats = jax.tree.map(lambda s: s.reshape((cfg.n_layers,) + s.shape[2:]), stats)
-        out = {
-            name: jnp.mean(stats[name]) for name in ("aux_loss", "z_loss", "dropped_frac", "recycled_frac")
-        }
-        out["load"] = stats["load"]
-        return logits, out
+        # [blocks, cla_share, ...] -> [n_layers, ...]: layer l = block l // cla_share, sublayer l % cla_share
+        return logits, jax.tree.map(lambda s: s.reshape((cfg.n_layers,) + s.shape[2:]), stats)

@@ -1,5 +1,5 @@
-"""Parallelism for large runs: device meshes, logical-axis sharding rules, the sharded train step, the memory
-planner (``moelab plan``) and the multi-host launch helper.
+"""Parallelism for large runs: device meshes, logical-axis sharding rules, placement of a run's state, the
+memory planner (``moelab plan``) and the multi-host launch helper.
 
 Submodules (imported lazily so that ``import moelab.parallel`` does not import JAX):
 
@@ -7,7 +7,8 @@ Submodules (imported lazily so that ``import moelab.parallel`` does not import J
 - ``rules``: logical axis name -> mesh axes, for parameters and activations; ``constrain`` for activations.
 - ``chips``: accelerator specifications (HBM bytes, bf16 dense peak FLOP/s) with their sources.
 - ``planner``: per-chip memory, recommended mesh, step time, tokens/day, days to train, KV cache.
-- ``step``: the sharded training step (same loss and gradients as the unsharded one).
+- ``placement``: ``Placement(mesh)``: model, optimiser state and batches created on their shardings (the train
+  step itself is ``moelab.train.step``'s, the same for every mesh).
 - ``remat``: rematerialisation policies.
 - ``distributed``: ``initialize_distributed`` around ``jax.distributed.initialize``.
 """

@@ -13,10 +13,9 @@ every ``checkpoint_every`` steps, and all three at the last step. A non-finite l
 
 On a device mesh (``mesh="data=2,expert=4"``, docs/parallel.md) the same loop runs SPMD: the parameters, the
 rest of the model state and the optimiser state are created directly on their logical-axis shardings
-(``moelab.parallel.shard.state_shardings``, ``moelab.parallel.step.init_opt_state``), every batch is split
-over the batch axes (``moelab.parallel.step.batch_sharding``), and the jitted step follows those input
-shardings. In a multi-process run every process builds the same *global* batch (batches are a pure function
-of (seed, step), so no exchange is needed) and contributes the rows its devices hold
+(``moelab.parallel.placement.Placement``), every batch is split over the batch axes, and the jitted step
+follows those input shardings. In a multi-process run every process builds the same *global* batch (batches
+are a pure function of (seed, step), so no exchange is needed) and contributes the rows its devices hold
 (``jax.make_array_from_callback``); checkpoints are written by all processes together (orbax) and restored
 onto the target shardings; only process 0 writes config.json, metrics.jsonl and summary.json. The mesh and
 the remat policy are execution options: they do not enter the config or the run id.
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from moelab.errors import ConfigError
+from moelab.parallel.placement import Placement
 from moelab.train.config import RunConfig
 from moelab.train.metrics import (
     MetricsWriter,
@@ -211,16 +211,9 @@ def _mesh_shape(mesh):
     return mesh_shape_of(mesh)
 
 
-def init_state(run: RunConfig, mesh=None):
-    """(graphdef, params, rest, opt_state, first_bad, tx) of a fresh run, placed on ``mesh`` when given.
-
-    On a mesh the model is initialised by a jitted function whose outputs carry the logical-axis shardings
-    (``moelab.parallel.shard.state_shardings`` of the abstract model), so no process ever holds the whole
-    model; the optimiser state comes from ``moelab.parallel.step.init_opt_state`` (moments sharded like the
-    parameters, counters replicated) and ``first_bad`` is replicated.
-    """
-    import jax
-    import jax.numpy as jnp
+def init_state(run: RunConfig, placement: Placement):
+    """(graphdef, params, rest, opt_state, first_bad, tx) of a fresh run, created where ``placement`` says
+    (on a mesh: each leaf directly on its logical-axis sharding; ``moelab.parallel.placement``)."""
     from flax import nnx
 
     from moelab.model import Transformer
@@ -228,45 +221,10 @@ def init_state(run: RunConfig, mesh=None):
     from moelab.train.step import param_labels
 
     m, t = run.model, run.train
-
-    def fresh():
-        return nnx.split(Transformer(m, rngs=nnx.Rngs(t.seed)), nnx.Param, ...)
-
-    if mesh is None:
-        graphdef, params, rest = fresh()
-        tx = make_optimizer(t, param_labels(params))
-        return graphdef, params, rest, tx.init(params), jnp.asarray(-1, jnp.int32), tx
-
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from moelab.parallel.shard import state_shardings
-    from moelab.parallel.step import Sharded, init_opt_state
-
-    graphdef, abs_params, abs_rest = nnx.split(
-        nnx.eval_shape(lambda: Transformer(m, rngs=nnx.Rngs(t.seed))), nnx.Param, ...
-    )
-    p_sh, r_sh = state_shardings(abs_params, mesh), state_shardings(abs_rest, mesh)
-    params, rest = jax.jit(lambda: fresh()[1:], out_shardings=(p_sh, r_sh))()
+    graphdef, params, rest = placement.init_model(lambda: Transformer(m, rngs=nnx.Rngs(t.seed)))
     tx = make_optimizer(t, param_labels(params))
-    opt_state = init_opt_state(tx, Sharded(graphdef, params, rest, p_sh, r_sh, mesh))
-    first_bad = global_array(np.int32(-1), NamedSharding(mesh, PartitionSpec()))
-    return graphdef, params, rest, opt_state, first_bad, tx
-
-
-def global_array(host, sharding):
-    """A global ``jax.Array`` with ``sharding`` from a host value every process holds in full: each process
-    fills the shards of its own devices (``jax.make_array_from_callback``; works across processes)."""
-    import jax
-
-    host = np.asarray(host)
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-
-def shardings_of(tree):
-    """The ``.sharding`` of every array leaf of ``tree`` (same structure)."""
-    import jax
-
-    return jax.tree.map(lambda x: x.sharding, tree)
+    opt_state = placement.init_opt_state(tx, params)
+    return graphdef, params, rest, opt_state, placement.scalar(np.int32(-1)), tx
 
 
 def _base_summary(run: RunConfig, data) -> dict:
@@ -319,19 +277,14 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     tokens_per_step = t.tokens_per_step
     flops_per_token = run.flops_per_token()
 
-    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, mesh)
-    state_sh = shardings_of((params, opt_state, first_bad)) if mesh is not None else None
+    placement = Placement(mesh)
+    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, placement)
+    state_sh = placement.shardings((params, opt_state, first_bad))
     train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat, state_shardings=state_sh)
     lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
     seed = np.int32(t.seed)
     eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes(), mesh=mesh)
-    if mesh is None:
-        put_batch = jnp.asarray
-    else:
-        from moelab.parallel.step import batch_sharding
-
-        batch_sh = batch_sharding(mesh, t.batch_size)
-        put_batch = lambda batch: global_array(batch, batch_sh)  # noqa: E731
+    put_batch = placement.batch
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start, prev_wall, prev_train = 0, 0.0, 0.0

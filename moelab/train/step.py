@@ -19,22 +19,23 @@ metrics come back replicated (readable by every process of a multi-host run).
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from moelab.parallel.remat import use_remat
+from moelab.parallel.rules import activation_sharding
 from moelab.train.optim import ParamKind
 
 
-def _trace_context(mesh, remat: str):
+def _trace_context(mesh, remat: str) -> contextlib.ExitStack:
     """The contexts the model is traced in: activation layout constraints on ``mesh`` (none without one) and
     the remat policy of its scanned layer body."""
-    import contextlib
-
-    from moelab.parallel.remat import use_remat
-    from moelab.parallel.rules import activation_sharding
-
     stack = contextlib.ExitStack()
     if mesh is not None:
         stack.enter_context(activation_sharding(mesh))
@@ -43,8 +44,6 @@ def _trace_context(mesh, remat: str):
 
 
 def _replicated(mesh):
-    from jax.sharding import NamedSharding, PartitionSpec
-
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
@@ -90,17 +89,12 @@ def cross_entropy_sum(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).sum()
 
 
-def _stat(stats, name, default=0.0):
-    value = stats.get(name) if isinstance(stats, dict) else getattr(stats, name, None)
-    return jnp.asarray(default if value is None else value, jnp.float32)
-
-
-def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", state_shardings=None):
-    """The jitted step. ``tx`` is ``make_optimizer(train, labels)`` without a learning rate: the step scales
-    its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in.
-
-    ``mesh``/``remat``: trace the model under that mesh's activation constraints and remat policy.
-    ``state_shardings``: (params, opt_state, first_bad) shardings the outputs keep (None: XLA's choice)."""
+def make_loss_fn(graphdef, model_cfg, *, mesh=None, remat: str = "none"):
+    """The training objective ``(params, rest, batch [B, T+1], router_key) -> (total, (ce, aux, z, stats))``:
+    ``total = ce + aux_loss_coef * aux + z_loss_coef * z`` with ``ce`` the mean cross-entropy of
+    ``batch[:, 1:]`` given ``batch[:, :-1]``, ``aux``/``z`` the router losses averaged over layers and
+    ``stats`` the model's per-layer ``RouterStats``. Traced under ``mesh``'s activation constraints and the
+    ``remat`` policy."""
     aux_coef, z_coef = model_cfg.aux_loss_coef, model_cfg.z_loss_coef
 
     def loss_fn(params, rest, batch, key):
@@ -109,8 +103,19 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
         with _trace_context(mesh, remat):
             logits, stats = model(inputs, router_key=key)
         ce = cross_entropy_sum(logits, targets) / targets.size
-        aux, z = _stat(stats, "aux_loss"), _stat(stats, "z_loss")
+        aux, z = jnp.mean(stats.aux_loss), jnp.mean(stats.z_loss)
         return ce + aux_coef * aux + z_coef * z, (ce, aux, z, stats)
+
+    return loss_fn
+
+
+def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", state_shardings=None):
+    """The jitted step. ``tx`` is ``make_optimizer(train, labels)`` without a learning rate: the step scales
+    its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in.
+
+    ``mesh``/``remat``: trace the model under that mesh's activation constraints and remat policy.
+    ``state_shardings``: (params, opt_state, first_bad) shardings the outputs keep (None: XLA's choice)."""
+    loss_fn = make_loss_fn(graphdef, model_cfg, mesh=mesh, remat=remat)
 
     def train_step(params, opt_state, first_bad, rest, batch, step, lr, seed):
         key = jax.random.fold_in(jax.random.key(seed + 1), step)
@@ -129,8 +134,6 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
         # one branch runs: a bad step costs nothing and leaves params and optimiser state as they were
         params, opt_state = jax.lax.cond(ok, apply, lambda args: args, (params, opt_state))
         first_bad = jnp.where((first_bad < 0) & ~ok, step, first_bad)
-        load = stats.get("load") if isinstance(stats, dict) else getattr(stats, "load", None)
-        load = jnp.ones((1, 1), jnp.float32) if load is None else jnp.asarray(load, jnp.float32)
         metrics = {
             "loss": ce,
             "total_loss": total,
@@ -138,9 +141,9 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
             "aux_loss": aux,
             "z_loss": z,
             "lr": lr,
-            "load": load.reshape(-1, load.shape[-1]),
-            "dropped_frac": _stat(stats, "dropped_frac"),
-            "recycled_frac": _stat(stats, "recycled_frac"),
+            "load": stats.load,  # [n_layers, n_experts]
+            "dropped_frac": jnp.mean(stats.dropped_frac),
+            "recycled_frac": jnp.mean(stats.recycled_frac),
         }
         return params, opt_state, first_bad, metrics
 
@@ -152,8 +155,6 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
 
 def make_eval_step(graphdef, token_bytes, *, mesh=None):
     """(params, rest, batch) -> (sum of nats, sum of target bytes) over the batch (replicated on a mesh)."""
-    import numpy as np
-
     token_bytes = np.asarray(token_bytes, np.float32)  # a constant of the trace (no device placement)
 
     def eval_step(params, rest, batch):
