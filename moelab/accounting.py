@@ -19,8 +19,10 @@ experts it is not sent to. The router and the norms are counted (every token use
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from moelab.config import ModelConfig
+if TYPE_CHECKING:  # accounting reads a config's fields; it never builds one (no import cycle with config)
+    from moelab.config import ModelConfig
 
 
 @dataclass(frozen=True)

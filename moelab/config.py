@@ -23,11 +23,18 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from moelab.accounting import param_counts
 from moelab.errors import ConfigError, check
 
-#: Dense-equivalent feed-forward width per unit of d_model (the classic 4·d_model of GPT-2 / Vaswani et al.).
-#: It defines ``granularity = FFN_MULT * d_model / d_expert`` and the width of from_budget's dense FFN.
-FFN_MULT = 4
+#: The family's dense feed-forward width per unit of d_model: 8/3, the SwiGLU width that holds the parameters
+#: of a GELU MLP of width 4·d (Shazeer 2020; LLaMA). It defines
+#: ``granularity = FFN_MULT * d_model / d_expert``
+#: (Krajewski et al. 2024: dense FFN width over one expert's width) and from_budget's dense FFN; with it
+#: Hunyuan-Large's full-width experts (18,304 at d_model 6,400) read G = 0.93.
+FFN_MULT = 8 / 3
+
+#: Fewest layers of a family member (Kaplan et al. 2020, fig. 6: one-layer models fall off the trend).
+MIN_LAYERS = 2
 
 #: d_model / n_layers aspect ratio used by from_budget's depth rule (Kaplan et al. 2020 find loss flat over
 #: aspect ratios 20..200 at fixed parameters; 64 is close to GPT-2 small (768/12)).
@@ -35,6 +42,10 @@ ASPECT_RATIO = 64
 
 DISPATCH = ("capacity", "dropless")
 OVERFLOW = ("drop", "recycle")
+#: Gate weight of a recycled assignment: the router probability of the expert it lands on (``router``, as
+#: Tencent's released ``top1gating``, which multiplies the softmax by the final dispatch mask) or the weight
+#: of the expert that overflowed (``kept``, this lab's first behaviour).
+RECYCLE_GATES = ("router", "kept")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -89,6 +100,7 @@ class ModelConfig:
     capacity_factor: float = 1.25
     dispatch: str = "capacity"
     overflow: str = "drop"
+    recycle_gate: str = "router"
     renormalize: bool = False
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
@@ -160,6 +172,10 @@ class ModelConfig:
         check(
             self.overflow in OVERFLOW, f"overflow must be one of {'|'.join(OVERFLOW)}, got {self.overflow!r}"
         )
+        check(
+            self.recycle_gate in RECYCLE_GATES,
+            f"recycle_gate must be one of {'|'.join(RECYCLE_GATES)}, got {self.recycle_gate!r}",
+        )
         for name in ("dtype", "param_dtype"):
             check(
                 getattr(self, name) in DTYPES,
@@ -184,9 +200,30 @@ class ModelConfig:
         return FFN_MULT * self.d_model / self.d_expert
 
     @property
+    def family_granularity(self) -> float:
+        """The ``granularity`` argument of ``from_budget`` that gives this shape: top_k·F over the activated
+        expert width (shared included). Equals ``granularity`` without shared experts; Hunyuan-Large's shape
+        (one shared and one routed expert of equal width) reads 0.5 here and G = 1 per expert."""
+        activated = self.top_k * self.d_expert + self.n_shared_experts * self.d_shared
+        return self.top_k * FFN_MULT * self.d_model / activated
+
+    @property
+    def aspect_ratio(self) -> float:
+        """d_model / n_layers (Kaplan et al. 2020 find the loss flat over about 20..200 at fixed size)."""
+        return self.d_model / self.n_layers
+
+    @property
     def n_kv_layers(self) -> int:
         """Layers that project their own K/V (the others reuse them, cross-layer sharing)."""
         return self.n_layers // self.cla_share
+
+    def dropless(self) -> ModelConfig:
+        """This model with a dispatch that serves every assignment (for evaluation: a token's loss then never
+        depends on the rest of the batch or a recycle draw). Capacity with ``capacity_factor = E / k``
+        gives every expert room for all N tokens, so nothing can overflow; the parameters are the same."""
+        if not self.is_moe or self.dispatch != "capacity":
+            return self
+        return self.replace(capacity_factor=float(self.n_experts) / self.top_k, overflow="drop")
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -218,26 +255,33 @@ class ModelConfig:
 
         Rule (documented in docs/model.md):
 
-        1. Shape: the routed expert width targets ``d_expert = FFN_MULT·d_model / granularity``; each
-           token uses ``top_k`` of them plus shared experts of total width
-           ``top_k·d_expert·shared_ratio/(1-shared_ratio)``.
+        1. Feed-forward shape (DeepSeekMoE's split, Krajewski et al.'s granularity): the family's dense FFN
+           width is ``F = FFN_MULT·d_model`` (8/3·d, the SwiGLU width with a GELU-4d MLP's parameters). The
+           *activated* expert width is ``A = top_k·F/granularity`` whatever ``shared_ratio`` is (G experts
+           of 1/G width with top-k scaled by G activate one dense FFN's width). ``shared_ratio = r`` splits
+           A: shared experts take ``r·A`` in all, each routed expert ``(1-r)·A/top_k`` (so with r > 0 a
+           routed expert is narrower: its realised granularity is ``granularity/(1-r)``; Hunyuan-Large's
+           shape, one shared and one routed expert of equal width, is ``top_k=1, r=0.5, granularity=0.5``).
+           Hence at a fixed budget, top_k and granularity, d_model and depth do not change with r.
            Heads: ``head_dim`` 32 below d_model 256, 64 below 2048, else 128; ``n_heads = max(1, d_model //
            head_dim)``; ``n_kv_heads = n_heads / kv_group`` (the largest divisor of n_heads not above
            kv_group).
-        2. Depth and width: for each depth (a multiple of ``cla_share``) take the d_model (a multiple of 2,
-           of 4 from 64, of 8 from 128) whose target shape is nearest the budget; keep the depth whose
-           d_model / n_layers is closest (in log) to ``ASPECT_RATIO`` = 64.
-        3. Exact fit: with d_model and depth fixed, solve the routed width (then the shared width) so that the
-           activated count (``moelab.accounting.param_counts(cfg).active``) lands on the budget; the realised
-           granularity and shared_ratio are then within rounding of the requested ones.
+        2. Depth and width: for each depth (a multiple of ``cla_share``, at least ``MIN_LAYERS`` = 2: Kaplan
+           et al. 2020, fig. 6, find one-layer models off the trend) take the d_model (a multiple of 2, of
+           4 from 64, of 8 from 128) whose shape is nearest the budget; keep the depth whose
+           d_model / n_layers is closest (in log) to ``ASPECT_RATIO`` = 64. Below about 2.5e5 activated
+           parameters two layers give an aspect ratio under 20, the low end of the range where Kaplan et al.
+           find it does not matter (20..200 within a few percent): ``aspect_ratio`` tells, and the sweep
+           plan flags such runs.
+        3. Exact fit: with d_model and depth fixed, scale the activated width A so that the activated count
+           (``moelab.accounting.param_counts(cfg).active``) lands on the budget, then round the routed width
+           and absorb the rounding in the shared width.
 
         Dense (``n_experts=1``) at the same budget, top_k 1 and granularity 1 has the same d_model and
         depth as an MoE with top_k 1, granularity 1 and no shared expert: the baseline of every comparison.
         Any other ModelConfig field (vocab_size, capacity_factor, dispatch, qk_norm, ...) goes in
         ``overrides``.
         """
-        from moelab.accounting import param_counts
-
         check(
             _is_num(active_params) and active_params >= 1e3,
             f"active_params must be a number >= 1e3, got {active_params!r}",
@@ -269,13 +313,17 @@ class ModelConfig:
         check(_is_int(kv_group) and kv_group >= 1, f"kv_group must be an integer >= 1, got {kv_group!r}")
         check(_is_int(cla_share) and cla_share >= 1, f"cla_share must be an integer >= 1, got {cla_share!r}")
         budget = float(active_params)
-        shared_mult = shared_ratio / (1.0 - shared_ratio)
 
-        def shape(d_model: int, n_layers: int, d_expert: int, d_shared_total: float) -> ModelConfig:
+        def shape(d_model: int, n_layers: int, activated: float, d_shared: int | None = None) -> ModelConfig:
+            """The config with activated expert width ``activated`` split by shared_ratio."""
             head_dim = 32 if d_model < 256 else 64 if d_model < 2048 else 128
             n_heads = max(1, d_model // head_dim)
             group = max(g for g in range(1, min(kv_group, n_heads) + 1) if n_heads % g == 0)
-            d_shared = max(1, round(d_shared_total / n_shared_experts)) if n_shared_experts else 0
+            d_expert = max(1, round((1.0 - shared_ratio) * activated / top_k))
+            if d_shared is None:
+                d_shared = (
+                    max(1, round(shared_ratio * activated / n_shared_experts)) if n_shared_experts else 0
+                )
             fields = dict(
                 d_model=d_model,
                 n_layers=n_layers,
@@ -286,15 +334,14 @@ class ModelConfig:
                 n_experts=n_experts,
                 top_k=top_k,
                 n_shared_experts=n_shared_experts,
-                d_expert=max(1, d_expert),
+                d_expert=d_expert,
                 d_shared=d_shared,
             )
             fields.update(overrides)
             return cls(**fields)
 
         def target(d_model: int, n_layers: int) -> ModelConfig:
-            d_expert = max(1, round(FFN_MULT * d_model / granularity))
-            return shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
+            return shape(d_model, n_layers, top_k * FFN_MULT * d_model / granularity)
 
         def width_for(n_layers: int) -> int:
             """d_model (a multiple of 2, of 4 from 64, of 8 from 128) whose target is nearest the budget."""
@@ -312,10 +359,11 @@ class ModelConfig:
                 (below, above), key=lambda w: abs(math.log(param_counts(target(w, n_layers)).active / budget))
             )
 
-        # Depth: the multiple of cla_share whose width puts d_model / n_layers closest to ASPECT_RATIO
-        # (d_model / n_layers falls as depth grows, so stop once it is below the ratio).
-        best_shape: tuple[int, int] | None = None
-        for n_layers in range(cla_share, 1024 + 1, cla_share):
+        # Depth: the multiple of cla_share (>= MIN_LAYERS) whose width puts d_model / n_layers closest to
+        # ASPECT_RATIO (d_model / n_layers falls as depth grows, so stop once it is below the ratio).
+        first = -(-MIN_LAYERS // cla_share) * cla_share
+        best_shape: tuple[int, int, float] | None = None
+        for n_layers in range(first, 1024 + 1, cla_share):
             d = width_for(n_layers)
             miss = abs(math.log(d / n_layers / ASPECT_RATIO))
             if best_shape is None or miss < best_shape[2]:
@@ -323,17 +371,21 @@ class ModelConfig:
             if d / n_layers < ASPECT_RATIO:
                 break
         d_model, n_layers, _ = best_shape
-        # Exact fit: the activated count is affine in the routed width (and in the shared width).
-        w = max(8, round(FFN_MULT * d_model / granularity))
-        base = param_counts(shape(d_model, n_layers, w, shared_mult * top_k * w)).active
-        slope = (param_counts(shape(d_model, n_layers, 2 * w, shared_mult * top_k * 2 * w)).active - base) / w
-        d_expert = max(1, round(w + (budget - base) / slope))
-        cfg = shape(d_model, n_layers, d_expert, top_k * d_expert * shared_mult)
+        # Exact fit: the activated count is affine in the activated expert width A.
+        a0 = max(8.0, top_k * FFN_MULT * d_model / granularity)
+        base = param_counts(shape(d_model, n_layers, a0)).active
+        slope = (param_counts(shape(d_model, n_layers, 2 * a0)).active - base) / a0
+        cfg = shape(d_model, n_layers, max(1.0, a0 + (budget - base) / slope))
+        # the routed width is an integer: keep the nearest of its neighbours (each with its shared split)
+        cfg = min(
+            (shape(d_model, n_layers, w * top_k / (1.0 - shared_ratio))
+             for w in range(max(1, cfg.d_expert - 2), cfg.d_expert + 3)),
+            key=lambda c: abs(math.log(param_counts(c).active / budget)),
+        )  # fmt: skip
         if n_shared_experts:  # absorb the rounding of d_expert in the shared width
             s0 = cfg.replace(d_shared=1)
             per_unit = param_counts(cfg.replace(d_shared=2)).active - param_counts(s0).active
-            d_shared = max(1, round(1 + (budget - param_counts(s0).active) / per_unit))
-            cfg = cfg.replace(d_shared=d_shared)
+            cfg = cfg.replace(d_shared=max(1, round(1 + (budget - param_counts(s0).active) / per_unit)))
         return cfg
 
 

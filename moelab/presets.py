@@ -7,8 +7,8 @@ sweep over the same budgets trains:
 
 - ``dense-<size>``: n_experts 1 (the baseline);
 - ``moe8-<size>``: 8 experts, top-1, granularity 1, no shared expert (classic Switch-style);
-- ``hy8-<size>``: 8 routed experts, top-1, one shared expert, shared_ratio 0.5 (Hunyuan-Large's recipe),
-  recycle routing.
+- ``hy8-<size>``: 8 routed experts, top-1, one shared expert of the routed experts' width (shared_ratio 0.5,
+  granularity 0.5 of the activated width: Hunyuan-Large's shape), recycle routing.
 
 A preset taken from a paper also carries what the paper reports beyond its architecture
 (``paper_facts(name)``: training tokens, the paper's compute model and its fitted compute-optimal allocation
@@ -101,18 +101,27 @@ HUNYUAN_LARGE_FACTS = PaperFacts(
 )
 
 
-def _ladder() -> dict[str, ModelConfig]:
-    presets: dict[str, ModelConfig] = {}
+def _ladder_family() -> dict[str, dict]:
+    """The from_budget arguments of each ladder preset (a sweep rebuilding a preset at another budget keeps
+    these nominal values rather than the rounded realised ones)."""
+    family: dict[str, dict] = {}
     for size, budget in LADDER.items():
-        presets[f"dense-{size}"] = ModelConfig.from_budget(budget, n_experts=1)
-        presets[f"moe8-{size}"] = ModelConfig.from_budget(budget, n_experts=8, top_k=1)
-        presets[f"hy8-{size}"] = ModelConfig.from_budget(
-            budget, n_experts=8, shared_ratio=0.5, overflow="recycle"
-        )
-    return presets
+        family[f"dense-{size}"] = dict(active_params=budget, n_experts=1)
+        family[f"moe8-{size}"] = dict(active_params=budget, n_experts=8, top_k=1)
+        # one shared + one routed expert of equal width: Hunyuan-Large's shape
+        family[f"hy8-{size}"] = dict(active_params=budget, n_experts=8, shared_ratio=0.5, granularity=0.5)
+    return family
 
 
-PRESETS: dict[str, ModelConfig] = {**_ladder(), "hunyuan-large": HUNYUAN_LARGE}
+#: name -> from_budget arguments, for the presets that are family members.
+FAMILY_ARGS: dict[str, dict] = _ladder_family()
+_OVERRIDES = {"hy8": {"overflow": "recycle"}}
+
+PRESETS: dict[str, ModelConfig] = {
+    **{name: ModelConfig.from_budget(**args, **_OVERRIDES.get(name.split("-")[0], {}))
+       for name, args in FAMILY_ARGS.items()},
+    "hunyuan-large": HUNYUAN_LARGE,
+}  # fmt: skip
 PAPER_FACTS: dict[str, PaperFacts] = {"hunyuan-large": HUNYUAN_LARGE_FACTS}
 
 

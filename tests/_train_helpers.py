@@ -60,6 +60,10 @@ def tiny_run(corpus: Path, **train) -> RunConfig:
         checkpoint_every=20,
         eval_tokens=256,
         warmup_frac=0.1,
+        # 40-step runs: a short-horizon second moment and a short cooldown learn within them (the defaults,
+        # beta2 0.99 and a 20% cooldown, are for the ladder's thousand-step runs)
+        beta2=0.95,
+        anneal_frac=0.05,
     )
     defaults.update(train)
     return RunConfig(

@@ -4,8 +4,10 @@ import math
 import pytest
 
 from moelab.accounting import param_counts
-from moelab.config import ModelConfig
+from moelab.config import FFN_MULT, ModelConfig
 from moelab.errors import ConfigError
+from moelab.model.dispatch.capacity import capacity_of
+from moelab.presets import get_preset
 
 
 def test_json_round_trip():
@@ -57,7 +59,7 @@ def test_invalid_values_name_the_field(changes, field):
 def test_shared_ratio_and_granularity():
     cfg = ModelConfig(d_model=64, n_experts=16, top_k=2, n_shared_experts=1, d_shared=64, d_expert=32)
     assert cfg.shared_ratio == pytest.approx(64 / (64 + 2 * 32))
-    assert cfg.granularity == pytest.approx(4 * 64 / 32)
+    assert cfg.granularity == pytest.approx(8 / 3 * 64 / 32)
     assert ModelConfig().shared_ratio == 0.0
 
 
@@ -95,13 +97,16 @@ def test_from_budget_lands_within_2_percent_over_the_grid():
                     err = abs(param_counts(cfg).active / budget - 1)
                     worst = max(worst, err)
                     assert err <= 0.02, (budget, n_experts, shared, gran, cfg)
-                    # the shape follows the request up to rounding
-                    assert abs(math.log(cfg.granularity / gran)) < math.log(1.6), (
+                    # the shape follows the request up to rounding; a shared expert takes r of the activated
+                    # width, so each routed expert is narrower by (1 - r)
+                    assert abs(math.log(cfg.granularity * (1 - shared) / gran)) < math.log(1.6), (
                         budget,
                         n_experts,
+                        shared,
                         gran,
                         cfg,
                     )
+                    assert cfg.n_layers >= 2
                     assert abs(cfg.shared_ratio - shared) < 0.1, (budget, n_experts, shared, cfg)
                     checked += 1
     assert checked > 250 and worst <= 0.02
@@ -124,3 +129,43 @@ def test_dense_baseline_has_the_moe_shape():
 def test_from_budget_overrides_pass_through():
     cfg = ModelConfig.from_budget(1e5, n_experts=4, vocab_size=512, overflow="recycle", capacity_factor=2.0)
     assert (cfg.vocab_size, cfg.overflow, cfg.capacity_factor) == (512, "recycle", 2.0)
+
+
+@pytest.mark.parametrize("budget", [3e4, 1e5, 1e6, 1e8])
+def test_shared_ratio_splits_a_fixed_activated_width(budget):
+    """DeepSeekMoE: at a fixed budget, top_k and granularity, r moves width between shared and routed experts
+    and leaves d_model and depth alone; the activated expert width stays put."""
+    shapes = set()
+    for r in (0.0, 0.25, 0.5, 0.75):
+        cfg = ModelConfig.from_budget(budget, n_experts=8, shared_ratio=r, top_k=2, granularity=2)
+        shapes.add((cfg.d_model, cfg.n_layers, cfg.n_heads))
+        assert cfg.shared_ratio == pytest.approx(r, abs=0.03)
+        width = cfg.top_k * cfg.d_expert + cfg.n_shared_experts * cfg.d_shared
+        assert width == pytest.approx(cfg.top_k * FFN_MULT * cfg.d_model / 2, rel=0.06)
+    assert len(shapes) == 1, shapes
+
+
+def test_every_family_member_has_at_least_two_layers_and_a_sane_aspect_ratio():
+    for budget in (1e3, 1e4, 1e5, 3e5, 1e6, 1e7, 1e9):
+        for e in (1, 8):
+            cfg = ModelConfig.from_budget(budget, n_experts=e)
+            assert cfg.n_layers >= 2
+            if budget >= 3e5:  # the regime where Kaplan et al. find the aspect ratio does not matter
+                assert 20 <= cfg.aspect_ratio <= 200, (budget, cfg.d_model, cfg.n_layers)
+
+
+def test_granularity_is_measured_against_the_family_dense_width():
+    """Hunyuan-Large's experts are ordinary full-width SwiGLUs: G = 1 within 0.1 (8/3·6400 / 18304)."""
+    assert get_preset("hunyuan-large").granularity == pytest.approx(1.0, abs=0.1)
+    dense = ModelConfig.from_budget(1e6)
+    assert dense.granularity == pytest.approx(1.0, abs=0.05)
+    hy = get_preset("hy8-1m")  # Hunyuan's shape in the family: shared and routed expert of equal width
+    assert hy.d_shared == pytest.approx(hy.d_expert, rel=0.05) and hy.granularity == pytest.approx(1, abs=0.1)
+
+
+def test_dropless_twin_serves_every_assignment():
+    cfg = ModelConfig.from_budget(1e5, n_experts=8, top_k=2, capacity_factor=1.25, overflow="recycle")
+    twin = cfg.dropless()
+    assert capacity_of(1000, twin.top_k, twin.n_experts, twin.capacity_factor) == 1000
+    assert twin.overflow == "drop" and param_counts(twin) == param_counts(cfg)
+    assert ModelConfig.from_budget(1e5).dropless() == ModelConfig.from_budget(1e5)

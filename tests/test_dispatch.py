@@ -67,6 +67,31 @@ def test_matches_reference(strategy, k, cf, overflow):
         assert dropped_ref + recycled_ref > 0  # the case really overflows
 
 
+@pytest.mark.parametrize("k, cf", [(1, 0.5), (2, 0.75)])
+def test_recycled_gate_is_the_router_probability_where_it_lands(k, cf):
+    """Tencent's top1gating: softmax x final dispatch mask. Outputs and gradients (probs included) against
+    the reference, and the gates really differ from keeping the overflowed expert's weight."""
+    x, top_idx, top_w, wg, wu, wd, proj = _inputs(10 + k, k)
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(3), (N, E)), axis=-1)
+    kw = dict(capacity_factor=cf, overflow="recycle", key=jax.random.key(7))
+
+    def run(fn):
+        def loss(x, top_w, probs, wg):
+            y, _, _ = fn(x, top_idx, top_w, wg, wu, wd, probs=probs, **kw)
+            return jnp.sum(y * proj), y
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(x, top_w, probs, wg)
+
+    (_, y), grads = run(jax.jit(capacity.dispatch, static_argnames=("capacity_factor", "overflow")))
+    (_, y_ref), grads_ref = run(reference.dispatch)
+    assert float(jnp.max(jnp.abs(y - y_ref))) <= TOL
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert float(jnp.max(jnp.abs(g - g_ref))) <= TOL
+    assert float(jnp.max(jnp.abs(grads[2]))) > 0  # the router probabilities of landing experts get gradient
+    y_kept, _, recycled = capacity.dispatch(x, top_idx, top_w, wg, wu, wd, **kw)
+    assert float(recycled) > 0 and float(jnp.max(jnp.abs(y - y_kept))) > 1e-3
+
+
 def test_recycle_fills_free_room_within_capacity_and_is_reproducible():
     _, top_idx, *_ = _inputs(3, 2)
     cap = capacity.capacity_of(N, 2, E, 1.0)

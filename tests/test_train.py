@@ -88,12 +88,18 @@ def _ref_lr(train, total, step):
         frac = min(1.0, (step - w) / max(total - w - 1, 1))
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * frac))
     a = round(train.anneal_frac * total)
+    level = peak  # wsd plateau; hunyuan: cosine from the peak to the geometric middle of peak and floor
+    middle = math.sqrt(peak * floor)
+    if train.schedule == "hunyuan":
+        frac = min(1.0, (step - w) / max(total - a - w - 1, 1))
+        level = middle + 0.5 * (peak - middle) * (1 + math.cos(math.pi * frac))
     if step >= total - a:
-        return peak + (floor - peak) * (step - (total - a) + 1) / a
-    return peak
+        start = peak if train.schedule == "wsd" else middle
+        return start + (floor - start) * (step - (total - a) + 1) / a
+    return level
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "hunyuan"])
 def test_schedules_match_reference(schedule):
     total = 400
     train = TrainConfig(lr=2e-3, schedule=schedule, warmup_frac=0.05, anneal_frac=0.05, min_lr_ratio=0.1)
@@ -104,6 +110,8 @@ def test_schedules_match_reference(schedule):
     assert got[-1] == pytest.approx(0.1 * 2e-3, rel=1e-5)
     if schedule == "wsd":  # Hunyuan-Large: the last 5% of the steps anneal from the peak to 1/10 of it
         assert got[379] == pytest.approx(2e-3) and got[380] < 2e-3 and np.all(np.diff(got[380:]) < 0)
+    if schedule == "hunyuan":  # a long decay, continuous into the final 5% anneal, monotone after warmup
+        assert np.all(np.diff(got[20:]) <= 1e-12) and got[379] == pytest.approx(2e-3 * 0.1**0.5, rel=1e-3)
 
 
 def test_eps_opt_and_expert_ratio():

@@ -37,10 +37,14 @@ class MoE(nnx.Module):
         b, t, d = x.shape
         flat = x.transpose(1, 0, 2).reshape(t * b, d)  # position-major: capacity favours earlier positions
         r = route(flat, self.router[...], cfg.top_k, cfg.renormalize)
+        recycle_by_router = (
+            cfg.dispatch == "capacity" and cfg.overflow == "recycle" and cfg.recycle_gate == "router"
+        )
+        extra = {"probs": r.probs} if recycle_by_router else {}
         y, dropped, recycled = STRATEGIES[cfg.dispatch](
             flat, r.top_idx, r.top_w,
             self.w_gate[...].astype(dt), self.w_up[...].astype(dt), self.w_down[...].astype(dt),
-            capacity_factor=cfg.capacity_factor, overflow=cfg.overflow, key=key,
+            capacity_factor=cfg.capacity_factor, overflow=cfg.overflow, key=key, **extra,
         )  # fmt: skip
         y = y.reshape(t, b, d).transpose(1, 0, 2)
         if cfg.n_shared_experts:

@@ -23,6 +23,7 @@ class Routing(NamedTuple):
     aux_loss: jax.Array  # scalar
     z_loss: jax.Array  # scalar
     load: jax.Array  # [E] fraction of routed assignments per expert (sums to 1)
+    probs: jax.Array  # [N, E] float32 router probabilities (the gate of a recycled assignment)
 
 
 def route(x: jax.Array, w_router: jax.Array, top_k: int, renormalize: bool) -> Routing:
@@ -36,4 +37,4 @@ def route(x: jax.Array, w_router: jax.Array, top_k: int, renormalize: bool) -> R
     load = jnp.mean(jax.nn.one_hot(top_idx, n_experts, dtype=jnp.float32).sum(1), axis=0) / top_k
     aux = n_experts * jnp.sum(jax.lax.stop_gradient(load) * jnp.mean(probs, axis=0))
     z = jnp.mean(jnp.square(jax.nn.logsumexp(logits, axis=-1)))
-    return Routing(top_w, top_idx.astype(jnp.int32), aux, z, load)
+    return Routing(top_w, top_idx.astype(jnp.int32), aux, z, load, probs)

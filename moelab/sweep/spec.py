@@ -262,7 +262,7 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
     try:
         base: dict[str, Any] = {}
         if preset is not None:
-            from moelab.presets import get_preset
+            from moelab.presets import FAMILY_ARGS, get_preset
 
             try:
                 preset_cfg = get_preset(str(preset))
@@ -270,8 +270,9 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
                 raise err("model.preset", _one_line(exc)) from None
             # A budget rebuild of a preset keeps its expert layout, shared ratio and granularity.
             base = preset_cfg.to_dict()
-            base.update(shared_ratio=round(preset_cfg.shared_ratio, 2),
-                        granularity=round(preset_cfg.granularity, 2))
+            nominal = FAMILY_ARGS.get(str(preset), {})
+            base.update(shared_ratio=nominal.get("shared_ratio", round(preset_cfg.shared_ratio, 2)),
+                        granularity=nominal.get("granularity", round(preset_cfg.family_granularity, 2)))
             kv_group = preset_cfg.n_heads // preset_cfg.n_kv_heads
         given = {**user, **{k: point[k] for k in BUDGET_AXES if k in point}}  # what the spec itself sets
         budget = {k: given.get(k, base.get(k)) for k in BUDGET_AXES if k in given or k in base}

@@ -24,7 +24,9 @@ from moelab.config import dataclass_from_dict as _from_dict
 from moelab.errors import ConfigError, check
 from moelab.train.identity import NON_SEMANTIC, canonical, semantic, upgrade
 
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "hunyuan", "constant")
+#: Schedules that end with a linear anneal over the last ``anneal_frac`` of the steps.
+ANNEALED = ("wsd", "hunyuan")
 DEFAULT_TOKENS = 1 << 20
 #: TrainConfig fields that do not change the result (excluded from RunConfig.semantic_dict()).
 NON_SEMANTIC_TRAIN = NON_SEMANTIC["train"]
@@ -83,12 +85,23 @@ class TrainConfig:
     """Optimisation and budget. Learning-rate schedule (``moelab.train.optim.lr_schedule``):
 
     - ``cosine``: linear warmup over ``warmup_frac`` of the steps, cosine decay to ``min_lr_ratio * lr``;
-    - ``wsd``: warmup, constant, then Hunyuan-Large's final anneal: linear decay to ``min_lr_ratio * lr`` over
-      the last ``anneal_frac`` of the steps (tokens) (arXiv 2411.02265 sec. 3.3: last 5% to 1/10 of peak);
+    - ``wsd``: warmup, constant, then a linear cooldown to ``min_lr_ratio * lr`` over the last ``anneal_frac``
+      of the steps (default 20%: Hägele et al. 2024 find a cooldown of >= 20% matches cosine, so runs of
+      different lengths compare as in a cosine sweep);
+    - ``hunyuan``: Hunyuan-Large's schedule (arXiv 2411.02265 sec. 3.3): warmup, a long gradual (cosine)
+      decay to ``sqrt(min_lr_ratio) * lr``, then the final anneal over the last ``anneal_frac`` of the tokens
+      to ``min_lr_ratio * lr`` (the paper: last 5% to 1/10 of the peak; set ``anneal_frac: 0.05``);
     - ``constant``: warmup then constant.
+
+    ``beta2`` defaults to 0.99: at the small batches of a CPU ladder 0.95 distorts small-scale exponents
+    (Porian et al. 2024).
 
     ``expert_lr_scale`` multiplies the learning rate of routed experts only (Hunyuan-Large sec. 2.2.4; see
     ``moelab.train.optim.eps_opt``). Weight decay skips norms and any 1-D parameter (biases).
+
+    ``eval_dropless``: held-out loss through a dropless dispatch (every token reaches its experts), so a
+    token's eval loss never depends on the rest of the eval batch or on a random recycle draw; the summary
+    records the eval dispatch. (False: evaluate through the training dispatch, the first schema's behaviour.)
     """
 
     tokens: int | None = None
@@ -98,16 +111,17 @@ class TrainConfig:
     lr: float = 3e-3
     schedule: str = "wsd"
     warmup_frac: float = 0.05
-    anneal_frac: float = 0.05
+    anneal_frac: float = 0.2
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     beta1: float = 0.9
-    beta2: float = 0.95
+    beta2: float = 0.99
     eps: float = 1e-8
     grad_clip: float = 1.0
     expert_lr_scale: float = 1.0
     seed: int = 0
     eval_tokens: int = 32768
+    eval_dropless: bool = True
     log_every: int = 10
     eval_every: int = 200
     checkpoint_every: int = 500
@@ -136,6 +150,10 @@ class TrainConfig:
         ):
             v = getattr(self, name)
             check(_is_int(v) and v >= 1, f"train.{name} must be an integer >= 1, got {v!r}")
+        check(
+            isinstance(self.eval_dropless, bool),
+            f"train.eval_dropless must be true or false, got {self.eval_dropless!r}",
+        )
         check(_is_int(self.seed) and self.seed >= 0, f"train.seed must be an integer >= 0, got {self.seed!r}")
         check(
             self.schedule in SCHEDULES,
@@ -152,7 +170,7 @@ class TrainConfig:
             f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}",
         )
         check(
-            self.warmup_frac + (self.anneal_frac if self.schedule == "wsd" else 0) <= 1,
+            self.warmup_frac + (self.anneal_frac if self.schedule in ANNEALED else 0) <= 1,
             "train.warmup_frac + train.anneal_frac must be <= 1",
         )
 

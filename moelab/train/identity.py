@@ -11,8 +11,10 @@ runs) and new runs then hash the new value explicitly, while a saved run keeps m
 same reason a saved ``config.json`` that lacks a field is read with the field's baseline, not its default
 (``upgrade``): the code that wrote it behaved as the baseline says.
 
-Every field of ModelConfig, DataConfig and TrainConfig must appear in ``BASELINE`` or in
-``NON_SEMANTIC`` (tests/test_runid.py checks it, so a new field cannot be forgotten).
+Every field of ModelConfig, DataConfig and TrainConfig must appear in ``FIRST_SCHEMA``, ``ADDED`` or
+``NON_SEMANTIC`` (tests/test_runid.py checks it, so a new field cannot be forgotten): to add a field, append
+it
+to ``ADDED`` with the value that reproduces the code before it.
 """
 
 from __future__ import annotations
@@ -31,9 +33,8 @@ NON_SEMANTIC: dict[str, tuple[str, ...]] = {
     "train": ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"),
 }
 
-#: Per section, the value of every semantic field that reproduces the behaviour before it existed. The first
-#: schema's fields carry their 11da807 defaults. Append new fields; never edit a value.
-BASELINE: dict[str, dict[str, Any]] = {
+#: The first schema (commit 11da807): every semantic field with its default then. Never edit.
+FIRST_SCHEMA: dict[str, dict[str, Any]] = {
     "model": {
         "vocab_size": 256, "d_model": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "head_dim": 32,
         "cla_share": 1, "qk_norm": False, "rope_theta": 10000.0, "max_seq_len": 256, "n_experts": 1,
@@ -54,8 +55,18 @@ BASELINE: dict[str, dict[str, Any]] = {
     },
 }  # fmt: skip
 
-#: The fields of the first schema (commit 11da807): the only ones its run ids hashed (see ``legacy_run_id``).
-SCHEMA_1: dict[str, frozenset[str]] = {s: frozenset(f) for s, f in BASELINE.items()}
+#: Fields added since, each with the value that reproduces the code before it (append; never edit a value).
+ADDED: dict[str, dict[str, Any]] = {
+    "model": {"recycle_gate": "kept"},  # recycled gate was the overflowed expert's weight
+    "data": {},
+    "train": {"eval_dropless": False},  # eval went through the training dispatch
+}
+
+#: Per section, the value of every semantic field that reproduces the behaviour before it existed.
+BASELINE: dict[str, dict[str, Any]] = {s: {**FIRST_SCHEMA[s], **ADDED[s]} for s in FIRST_SCHEMA}
+
+#: The fields of the first schema: the only ones its run ids hashed (see ``legacy_run_id``).
+SCHEMA_1: dict[str, frozenset[str]] = {s: frozenset(f) for s, f in FIRST_SCHEMA.items()}
 
 
 def canonical_json(obj: Any) -> str:

@@ -181,6 +181,9 @@ def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: st
     if mesh is not None:
         summary["mesh"] = str(_mesh_shape(mesh))
     summary["remat"] = remat
+    ev = run.model.dropless() if run.train.eval_dropless else run.model
+    summary["eval_dispatch"] = {"dispatch": ev.dispatch, "capacity_factor": ev.capacity_factor,
+                                "overflow": ev.overflow, "dropless": ev == run.model.dropless()}  # fmt: skip
     if main:
         write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
@@ -265,8 +268,10 @@ def _base_summary(run: RunConfig, data) -> dict:
 def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress, mesh, remat, main) -> dict:
     import jax
     import jax.numpy as jnp
+    from flax import nnx
 
     from moelab.data import eval_batches, train_batch
+    from moelab.model import Transformer
     from moelab.train.checkpoint import Checkpointer
     from moelab.train.optim import lr_schedule
     from moelab.train.step import make_eval_step, make_train_step
@@ -283,7 +288,10 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat, state_shardings=state_sh)
     lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
     seed = np.int32(t.seed)
-    eval_step = make_eval_step(graphdef, data.tokenizer.token_bytes(), mesh=mesh)
+    eval_graphdef = graphdef  # train.eval_dropless: the same parameters through a dropless dispatch
+    if t.eval_dropless and m.dropless() != m:
+        eval_graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(m.dropless(), rngs=nnx.Rngs(0))))
+    eval_step = make_eval_step(eval_graphdef, data.tokenizer.token_bytes(), mesh=mesh)
     put_batch = placement.batch
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)

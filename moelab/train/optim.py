@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from moelab.train.config import ANNEALED
+
 
 class ParamKind(enum.IntEnum):
     DECAY = 0  # matrices: weight decay, base learning rate
@@ -43,7 +45,7 @@ def lr_schedule(train, total_steps: int) -> optax.Schedule:
     peak = train.lr
     floor = train.lr * train.min_lr_ratio
     warmup = int(round(train.warmup_frac * total_steps))
-    anneal = int(round(train.anneal_frac * total_steps)) if train.schedule == "wsd" else 0
+    anneal = int(round(train.anneal_frac * total_steps)) if train.schedule in ANNEALED else 0
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
@@ -56,11 +58,20 @@ def lr_schedule(train, total_steps: int) -> optax.Schedule:
             frac = jnp.clip((step - warmup) / span, 0.0, 1.0)
             cos = floor + 0.5 * (peak - floor) * (1.0 + jnp.cos(math.pi * frac))
             return jnp.where(step < warmup, warm, cos)
-        # wsd: constant until the last `anneal` steps, then linear to `floor` at the final step
+        # wsd: constant until the last `anneal` steps, then linear to `floor` at the final step;
+        # hunyuan: the plateau is a cosine decay from the peak to sqrt(min_lr_ratio)·peak (the geometric
+        # midpoint between peak and floor: the paper does not publish the level its gradual decay reaches)
         start = total_steps - anneal
+        plateau = peak
+        if train.schedule == "hunyuan":
+            middle = peak * math.sqrt(train.min_lr_ratio)
+            span = max(start - warmup - 1, 1)
+            frac = jnp.clip((step - warmup) / span, 0.0, 1.0)
+            plateau = middle + 0.5 * (peak - middle) * (1.0 + jnp.cos(math.pi * frac))
+        from_level = plateau if train.schedule == "wsd" else peak * math.sqrt(train.min_lr_ratio)
         frac = jnp.clip((step - start + 1.0) / max(anneal, 1), 0.0, 1.0)
-        decayed = peak + (floor - peak) * frac
-        return jnp.where(step < warmup, warm, jnp.where(step >= start, decayed, peak))
+        decayed = from_level + (floor - from_level) * frac
+        return jnp.where(step < warmup, warm, jnp.where(step >= start, decayed, plateau))
 
     return schedule
 

@@ -11,8 +11,10 @@ of one-hots). Overflow:
 - ``drop``: the assignment contributes nothing (the residual stream carries the token on);
 - ``recycle`` (Hunyuan-Large, arXiv 2411.02265 sec. 2.2): dropped assignments, in assignment order, take
   the free slots of experts below capacity in a random order drawn from ``key`` (uniform over free slots,
-  hence experts with more room are likelier); they keep their original gate weight. The draw is
-  reproducible from the key; only assignments beyond the total free room are still dropped.
+  hence experts with more room are likelier). Given the router probabilities ``probs`` [N, E], a recycled
+  assignment's gate is the probability of the expert it lands on (Tencent's released ``top1gating``
+  multiplies the softmax by the final dispatch mask); without them it keeps the overflowed expert's weight.
+  The draw is reproducible from the key; only assignments beyond the total free room are still dropped.
 
 The buffers are filled with a gather (slot -> token) and read back with a gather (assignment -> slot).
 """
@@ -62,7 +64,7 @@ def plan(top_idx: jax.Array, n_experts: int, capacity: int, overflow: str, key: 
     return expert, pos, kept, recycled
 
 
-def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overflow, key=None):
+def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overflow, key=None, probs=None):
     n, d = x.shape
     k = top_idx.shape[1]
     n_experts = w_gate.shape[0]
@@ -77,7 +79,10 @@ def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overfl
     h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, w_gate)) * jnp.einsum("ecd,edf->ecf", buf, w_up)
     out = jnp.einsum("ecf,efd->ecd", h, w_down).reshape(n_slots, d)
     out_pad = jnp.concatenate([out, jnp.zeros((1, d), out.dtype)])
-    weights = top_w.reshape(n * k).astype(x.dtype)
+    weights = top_w.reshape(n * k)
+    if probs is not None:  # a recycled assignment is weighted by the router probability where it lands
+        weights = jnp.where(recycled, probs[token, expert], weights)
+    weights = weights.astype(x.dtype)
     y = (out_pad[slot] * weights[:, None]).reshape(n, k, d).sum(1)
     dropped_frac = 1.0 - jnp.mean(kept.astype(jnp.float32))
     return y, dropped_frac, jnp.mean(recycled.astype(jnp.float32))

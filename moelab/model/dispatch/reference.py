@@ -41,19 +41,39 @@ def reference_plan(top_idx, n_experts, capacity, overflow, key):
     return served, len(overflowed) - recycled, recycled
 
 
-def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overflow, key=None, dropless=False):
+def dispatch(
+    x,
+    top_idx,
+    top_w,
+    w_gate,
+    w_up,
+    w_down,
+    *,
+    capacity_factor,
+    overflow,
+    key=None,
+    dropless=False,
+    probs=None,
+):
+    """``probs`` [N, E]: weight a recycled assignment by the router probability of the expert it lands on."""
     n, k = top_idx.shape
     n_experts = w_gate.shape[0]
     cap = None if dropless else capacity_of(n, k, n_experts, capacity_factor)
     served, n_dropped, n_recycled = reference_plan(top_idx, n_experts, cap, overflow, key)
     if not served:
         return jnp.zeros_like(x), n_dropped / (n * k), n_recycled / (n * k)
-    t, j, e = (jnp.array(c, dtype=jnp.int32) for c in zip(*served, strict=True))
-    return _combine(x, top_w, w_gate, w_up, w_down, t, j, e), n_dropped / (n * k), n_recycled / (n * k)
+    idx = np.asarray(top_idx)
+    gates = []
+    for t_, j_, e_ in served:  # the gate of each served assignment
+        landed_elsewhere = e_ != int(idx[t_, j_])
+        gates.append(probs[t_, e_] if probs is not None and landed_elsewhere else top_w[t_, j_])
+    t, e = (jnp.array([s[i] for s in served], dtype=jnp.int32) for i in (0, 2))
+    gate = jnp.stack(gates).astype(x.dtype)
+    return _combine(x, gate, w_gate, w_up, w_down, t, e), n_dropped / (n * k), n_recycled / (n * k)
 
 
 @jax.jit
-def _combine(x, top_w, w_gate, w_up, w_down, t, j, e):
-    """One row per served assignment a: ``y[t_a] += top_w[t_a, j_a] * SwiGLU_{e_a}(x[t_a])``."""
-    rows = jax.vmap(swiglu)(x[t], w_gate[e], w_up[e], w_down[e]) * top_w[t, j].astype(x.dtype)[:, None]
+def _combine(x, gate, w_gate, w_up, w_down, t, e):
+    """One row per served assignment a: ``y[t_a] += gate_a * SwiGLU_{e_a}(x[t_a])``."""
+    rows = jax.vmap(swiglu)(x[t], w_gate[e], w_up[e], w_down[e]) * gate[:, None]
     return jnp.zeros_like(x).at[t].add(rows)
