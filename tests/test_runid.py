@@ -16,7 +16,7 @@ import yaml
 
 from moelab.config import ModelConfig
 from moelab.sweep.plan import make_plan
-from moelab.sweep.runid import hash_of, is_run_id, run_id, slug
+from moelab.sweep.runid import adopt, hash_of, is_run_id, run_id, slug
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.store import PARQUET
 from moelab.train import identity
@@ -100,6 +100,23 @@ def test_run_ids_are_stable_across_processes():
         env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert out.stdout.split() == [t.run_id for t in SweepSpec.from_file(path).trials()]
+
+
+def test_a_dense_run_is_the_same_run_whatever_its_moe_only_fields_say():
+    dense = next(t.run for t in demo_trials() if t.run.model.n_experts == 1)
+    moe_knobs = dataclasses.replace(dense.model, capacity_factor=4.0, overflow="recycle", aux_loss_coef=0.1)
+    assert run_id(dense.replace(model=moe_knobs)) == run_id(dense)
+    moe = next(t.run for t in demo_trials() if t.run.model.n_experts > 1)
+    assert run_id(moe.replace(model=dataclasses.replace(moe.model, capacity_factor=4.0))) != run_id(moe)
+
+
+def test_a_folder_under_an_older_slug_is_renamed_by_its_hash(tmp_path):
+    run = demo_trials()[0].run
+    old = tmp_path / f"E0-old-format-{hash_of(run_id(run))}"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    assert adopt(tmp_path, [run]) == 1 and (tmp_path / run_id(run) / "summary.json").is_file()
+    assert adopt(tmp_path, [run]) == 0
 
 
 def test_folder_names():

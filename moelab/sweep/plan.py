@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moelab.sweep.runid import adopt_legacy
+from moelab.sweep.runid import adopt
 from moelab.sweep.spec import DEFAULT_FLOPS_PER_S_PER_CPU, SweepSpec, Trial
 from moelab.sweep.state import checkpoint_steps, decide, read_summary, run_state
 from moelab.sweep.store import write_table
@@ -64,8 +64,8 @@ def make_plan(
 
     trials = spec.trials() if trials is None else trials
     root = sweep_dir(spec, results)
-    if (root / "runs").is_dir() and sum(adopt_legacy(root / "runs", t.run) for t in trials):
-        write_table(root)  # first-schema folders took their current names: the table follows
+    if adopt(root / "runs", [t.run for t in trials]):
+        write_table(root)  # folders took their current names: the table follows
     rate, rate_src = calibrate(spec, root, trials)
     planned = []
     for t in trials:

@@ -7,8 +7,8 @@ neutral baseline keeps every id. The readable slug in front (experts, top-k, sha
 parameters, tokens, seed) is a function of the same config; only the hash identifies the run.
 
 Folders written by the first schema (commit 11da807) are named by a bare 12-hex hash of all semantic fields;
-``adopt_legacy`` renames such a folder to its run's current name, so a finished run is found, skipped and
-reported, never retrained.
+``adopt`` renames such a folder (or one whose slug format has since changed) to its run's current name, so a
+finished run is found, skipped and reported, never retrained.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 from moelab.accounting import param_counts
 from moelab.train.identity import RUN_ID_LEN, canonical_json, legacy_run_id, run_hash
 
-__all__ = ["RUN_ID_LEN", "adopt_legacy", "canonical_json", "hash_of", "is_run_id", "run_id", "slug"]
+__all__ = ["RUN_ID_LEN", "adopt", "canonical_json", "hash_of", "is_run_id", "run_id", "slug"]
 
 _NAME = re.compile(rf"^(?:[A-Za-z0-9.+]+-)*([0-9a-f]{{{RUN_ID_LEN}}})$")
 
@@ -32,12 +32,12 @@ def run_id(run: Any) -> str:
 
 
 def slug(run: Any) -> str:
-    """``E{experts}k{top_k}[s{shared}]-N{active}-D{tokens}-s{seed}``: what a person reads in a listing."""
+    """``E{experts}k{top_k}[s{shared}]-N{active}-D{tokens}-lr{lr}-s{seed}``: what a person reads."""
     m = run.model
     shared = f"s{m.n_shared_experts}" if m.n_shared_experts else ""
     return (
         f"E{m.n_experts}k{m.top_k}{shared}-N{_short(param_counts(m).active)}-D{_short(run.budget_tokens())}"
-        f"-s{run.train.seed}"
+        f"-lr{_short(run.train.lr)}-s{run.train.seed}"
     )
 
 
@@ -51,20 +51,27 @@ def is_run_id(name: str) -> bool:
     return hash_of(name) is not None
 
 
-def adopt_legacy(runs_dir: Path, run: Any) -> bool:
-    """Rename a first-schema folder of ``run`` (named by its old id) to ``run_id(run)``; True if one moved.
+def adopt(runs_dir: Path, runs: list[Any]) -> int:
+    """Give each run's folder its current name; returns how many moved.
 
-    The rename is atomic (``os.replace`` within one folder); a folder already under the new name wins and the
-    old one is left alone for the user to inspect.
+    A folder is the run's when it carries the run's hash under another slug (the slug's format changed) or is
+    named by the run's first-schema id (commit 11da807: a bare hash of every field). The rename is atomic
+    (``os.replace`` within one folder); a folder already under the current name wins and the other is left
+    alone for the user to inspect.
     """
-    old = legacy_run_id(run.to_dict())
-    if old is None:
-        return False
-    src, dst = Path(runs_dir) / old, Path(runs_dir) / run_id(run)
-    if not src.is_dir() or dst.exists():
-        return False
-    os.replace(src, dst)
-    return True
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return 0
+    by_hash = {hash_of(p.name): p for p in runs_dir.iterdir() if p.is_dir() and is_run_id(p.name)}
+    moved = 0
+    for run in runs:
+        name = run_id(run)
+        dst = runs_dir / name
+        src = by_hash.get(hash_of(name)) or by_hash.get(legacy_run_id(run.to_dict()))
+        if src is not None and src != dst and not dst.exists():
+            os.replace(src, dst)
+            moved += 1
+    return moved
 
 
 def _short(x: float) -> str:

@@ -79,11 +79,21 @@ def semantic(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s: {k: v for k, v in (config.get(s) or {}).items() if k not in NON_SEMANTIC[s]} for s in BASELINE}
 
 
+#: Model fields a dense model (n_experts == 1) never reads: a dense run is the same run whatever they say, so
+#: a sweep that sets them for its MoE arms (dispatch, capacity, router losses) shares its dense runs.
+MOE_ONLY = ("top_k", "n_shared_experts", "d_shared", "capacity_factor", "dispatch", "overflow",
+            "recycle_gate", "renormalize", "aux_loss_coef", "z_loss_coef")  # fmt: skip
+
+
 def canonical(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The semantic fields that differ from their baseline: what a run id hashes."""
+    """The semantic fields that differ from their baseline: what a run id hashes (for a dense model, without
+    the fields only experts read)."""
     base = BASELINE
-    return {s: {k: v for k, v in fields.items() if k not in base[s] or not _same(v, base[s][k])}
-            for s, fields in semantic(config).items()}  # fmt: skip
+    out = {s: {k: v for k, v in fields.items() if k not in base[s] or not _same(v, base[s][k])}
+           for s, fields in semantic(config).items()}  # fmt: skip
+    if (config.get("model") or {}).get("n_experts", base["model"]["n_experts"]) == 1:
+        out["model"] = {k: v for k, v in out["model"].items() if k not in MOE_ONLY}
+    return out
 
 
 def digest(obj: Any) -> str:
