@@ -40,7 +40,7 @@ MIN_LAYERS = 2
 #: aspect ratios 20..200 at fixed parameters; 64 is close to GPT-2 small (768/12)).
 ASPECT_RATIO = 64
 
-DISPATCH = ("capacity", "dropless")
+DISPATCH = ("capacity", "dropless", "blocksparse", "auto")
 OVERFLOW = ("drop", "recycle")
 #: Gate weight of a recycled assignment: the router probability of the expert it lands on (``router``, as
 #: Tencent's released ``top1gating``, which multiplies the softmax by the final dispatch mask) or the weight
@@ -77,8 +77,9 @@ class ModelConfig:
     ``renormalize`` (Mixtral) or kept as the raw softmax probabilities (Switch / GShard / Hunyuan-Large).
     ``dispatch``: ``capacity`` (per-expert buffers of ``capacity_factor * tokens * top_k / n_experts`` slots;
     overflow ``drop`` or ``recycle``, Hunyuan-Large's random re-assignment to experts with room) or
-    ``dropless`` (grouped matmul through ``jax.lax.ragged_dot``; ``overflow`` and ``capacity_factor`` are
-    then unused).
+    a dropless one (``overflow`` and ``capacity_factor`` then unused): ``dropless`` (``jax.lax.ragged_dot``
+    grouped matmuls), ``blocksparse`` (a grouped SwiGLU in blocks of sorted rows, fast on CPU) or ``auto``
+    (the fastest dropless one for the backend, ``moelab.model.dispatch.resolve``).
     The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss``.
     """
 

@@ -1,11 +1,21 @@
 """Every dispatch strategy against the slow per-token reference: outputs and gradients, float32, <= 1e-5."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moelab.model.dispatch import capacity, dropless, reference
+from moelab.model.dispatch import (
+    DROPLESS,
+    blocksparse,
+    capacity,
+    dropless,
+    ragged_dot_is_grouped,
+    reference,
+    resolve,
+)
 from moelab.model.router import route
 
 N, D, F, E = 24, 8, 12, 4
@@ -90,6 +100,64 @@ def test_recycled_gate_is_the_router_probability_where_it_lands(k, cf):
     assert float(jnp.max(jnp.abs(grads[2]))) > 0  # the router probabilities of landing experts get gradient
     y_kept, _, recycled = capacity.dispatch(x, top_idx, top_w, wg, wu, wd, **kw)
     assert float(recycled) > 0 and float(jnp.max(jnp.abs(y - y_kept))) > 1e-3
+
+
+def _top_idx(kind, k):
+    """Degenerate routings: every token to expert 0 (experts 1.. empty), or expert 1 never chosen."""
+    if kind == "one_expert":
+        return jnp.tile(jnp.arange(k, dtype=jnp.int32), (N, 1))  # choice j -> expert j; k = 1: all to 0
+    rows = jax.random.randint(jax.random.key(5), (N, E - 1), 0, 100).argsort(axis=1)[:, :k]
+    return jnp.array([0, 2, 3], jnp.int32)[rows]  # expert 1 empty
+
+
+@pytest.mark.parametrize(
+    "k, block, routing",
+    [
+        (1, 5, "random"),  # N·k = 24 not a multiple of 5: every expert ends in a partial block
+        (2, 4, "random"),  # several blocks per expert
+        (2, 7, "empty_expert"),
+        (1, 4, "one_expert"),  # all N tokens to expert 0, the others empty
+        (2, 64, "random"),  # one block larger than all rows
+    ],
+)
+def test_blocksparse_matches_reference(k, block, routing):
+    x, top_idx, top_w, wg, wu, wd, proj = _inputs(10 + k, k)
+    if routing != "random":
+        top_idx = _top_idx(routing, k)
+    fast = jax.jit(
+        functools.partial(blocksparse.dispatch, block=block), static_argnames=("capacity_factor", "overflow")
+    )
+    kw = dict(capacity_factor=None, overflow=None)
+    y, grads = _value_and_grads(fast, x, top_idx, top_w, wg, wu, wd, proj, **kw)
+    y_ref, grads_ref = _value_and_grads(
+        reference.dispatch, x, top_idx, top_w, wg, wu, wd, proj, **kw, dropless=True
+    )
+    assert float(jnp.max(jnp.abs(y - y_ref))) <= TOL
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert float(jnp.max(jnp.abs(g - g_ref))) <= TOL
+    if routing == "one_expert":  # the empty experts get exactly zero gradient
+        assert all(float(jnp.max(jnp.abs(g[1:]))) == 0.0 for g in grads[2:])
+
+
+def test_blocksparse_block_size_rule_and_bfloat16():
+    # CPU rule: the largest candidate with E·b <= N·k / 4, never below 32
+    assert blocksparse.block_size(4096, 8, "cpu") == 128
+    assert blocksparse.block_size(4096 * 8, 64, "cpu") == 128
+    assert blocksparse.block_size(4096 * 8, 8, "cpu") == 256
+    assert blocksparse.block_size(48, 4, "cpu") == 32
+    assert blocksparse.block_size(4096, 8, "gpu") == 128
+    x, top_idx, top_w, wg, wu, wd, proj = _inputs(3, 2)
+    bf = [a.astype(jnp.bfloat16) for a in (x, wg, wu, wd)]
+    y16, _, _ = blocksparse.dispatch(bf[0], top_idx, top_w, *bf[1:], block=5)
+    y32, _, _ = blocksparse.dispatch(x, top_idx, top_w, wg, wu, wd, block=5)
+    assert y16.dtype == jnp.bfloat16
+    assert float(jnp.max(jnp.abs(y16.astype(jnp.float32) - y32))) <= 0.05 * float(jnp.max(jnp.abs(y32)))
+
+
+def test_auto_resolves_to_a_dropless_strategy():
+    assert resolve("auto") in DROPLESS and resolve("capacity") == "capacity"
+    # CPU XLA lowers ragged_dot to a dense masked product (E times the FLOPs): auto must not pick it there
+    assert not ragged_dot_is_grouped("cpu") and resolve("auto", "cpu") == "blocksparse"
 
 
 def test_recycle_fills_free_room_within_capacity_and_is_reproducible():

@@ -149,17 +149,18 @@ def _loss(model, tokens, key):
 _grad = nnx.jit(nnx.value_and_grad(_loss))
 
 
-def test_capacity_without_overflow_equals_dropless_in_the_model_with_gradients():
+def test_capacity_without_overflow_equals_the_dropless_strategies_in_the_model_with_gradients():
     cfg = MOE.replace(capacity_factor=float(MOE.n_experts))  # room for every assignment
     tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg.vocab_size, dtype=jnp.int32)
     results = []
-    for dispatch in ("capacity", "dropless"):
+    for dispatch in ("capacity", "dropless", "blocksparse", "auto"):
         model = Transformer(cfg.replace(dispatch=dispatch), rngs=nnx.Rngs(3))
         results.append(_grad(model, tokens, jax.random.key(0)))
-    (l1, g1), (l2, g2) = results
-    assert float(abs(l1 - l2)) <= 1e-5
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
+    (l1, g1), *others = results
+    for l2, g2 in others:
+        assert float(abs(l1 - l2)) <= 1e-5
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
     for path, g in jax.tree_util.tree_leaves_with_path(g1):  # gradients reach every parameter
         assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.max(jnp.abs(g))) > 0, path
 

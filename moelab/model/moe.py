@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moelab.config import ModelConfig
-from moelab.model.dispatch import STRATEGIES
+from moelab.model.dispatch import STRATEGIES, resolve
 from moelab.model.layers import SwiGLU, param
 from moelab.model.router import route
 from moelab.model.stats import RouterStats
@@ -41,7 +41,7 @@ class MoE(nnx.Module):
             cfg.dispatch == "capacity" and cfg.overflow == "recycle" and cfg.recycle_gate == "router"
         )
         extra = {"probs": r.probs} if recycle_by_router else {}
-        y, dropped, recycled = STRATEGIES[cfg.dispatch](
+        y, dropped, recycled = STRATEGIES[resolve(cfg.dispatch)](
             flat, r.top_idx, r.top_w,
             self.w_gate[...].astype(dt), self.w_up[...].astype(dt), self.w_down[...].astype(dt),
             capacity_factor=cfg.capacity_factor, overflow=cfg.overflow, key=key, **extra,

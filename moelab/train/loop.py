@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from moelab.errors import ConfigError
+from moelab.model.dispatch import resolve
 from moelab.parallel.placement import Placement
 from moelab.train.config import RunConfig
 from moelab.train.metrics import (
@@ -254,6 +255,7 @@ def _base_summary(run: RunConfig, data) -> dict:
         "expert_load": None,
         "dropped_frac": None,
         "recycled_frac": None,
+        "dispatch": resolve(run.model.dispatch) if run.model.is_moe else None,  # what "auto" picked
         "diverged_step": None,
         "error": None,
         "versions": versions(),
