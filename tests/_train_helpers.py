@@ -18,7 +18,7 @@ METRIC_KEYS = frozenset({
 SUMMARY_KEYS = frozenset({
     "status", "eval_loss", "eval_bpb", "train_loss", "steps", "tokens", "flops", "active_params",
     "total_params", "wall_time_s", "tokens_per_s", "mfu", "expert_load", "dropped_frac", "recycled_frac",
-    "diverged_step", "error", "versions", "git_commit", "corpus_fingerprint",
+    "diverged_step", "error", "versions", "git_commit", "corpus_fingerprint", "dispatch",
 })  # fmt: skip
 
 TINY = ModelConfig(
