@@ -136,3 +136,44 @@ def test_auto_expert_scale_is_the_papers_rule_when_expert_noise_is_e_over_k_time
         got = auto_expert_lr_scale(batch, b_noise, b_noise * e / k)
         assert got == pytest.approx(expert_lr_ratio(batch, b_noise, e, k))
     assert auto_expert_lr_scale(512, 700, 700) == pytest.approx(1.0)  # same noise scale: same rate
+
+
+def test_auto_expert_scale_lives_in_the_optimiser_state_and_matches_a_fixed_scale():
+    from moelab.train import optim
+    from moelab.train.config import TrainConfig
+
+    rng = np.random.default_rng(4)
+    params = {k: jnp.asarray(rng.normal(size=(3, 4)), jnp.float32) for k in ("e", "d", "n")}
+    labels = {"e": ParamKind.EXPERT, "d": ParamKind.DECAY, "n": ParamKind.NO_DECAY}
+    grads = jax.tree.map(lambda p: p * 0.1 + 0.05, params)
+    base = dict(lr=1e-2, warmup_frac=0.0, schedule="constant")
+    fixed = optim.make_optimizer(TrainConfig(**base, expert_lr_scale=0.25), labels)
+    auto = optim.make_optimizer(TrainConfig(**base, expert_lr_scale="auto"), labels)
+    state = auto.init(params)
+    assert optim.get_expert_scale(state) == 1.0
+    state = optim.set_expert_scale(state, 0.25)
+    assert optim.get_expert_scale(state) == pytest.approx(0.25)
+    want, _ = fixed.update(grads, fixed.init(params), params)
+    got, state = jax.jit(auto.update)(grads, state, params)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+    assert optim.get_expert_scale(state) == pytest.approx(0.25)  # the update keeps it
+    assert optim.get_expert_scale(fixed.init(params)) is None
+
+
+@pytest.mark.parametrize(
+    "train,model,match",
+    [
+        ({"expert_lr_scale": "auto"}, {"n_experts": 1}, "needs routed experts"),
+        ({"expert_lr_scale": "fast"}, {}, "number > 0 or auto"),
+        ({"expert_lr_scale": "auto", "noise_every": 0}, {}, "noise_every >= 1"),
+        ({"expert_lr_scale": "auto", "batch_size": 5}, {}, "even train.batch_size"),
+        ({"noise_every": -1}, {}, "train.noise_every must be an integer >= 0"),
+    ],
+)
+def test_bad_noise_and_auto_settings_fail_naming_the_field(train, model, match):
+    from moelab.errors import ConfigError
+    from moelab.train.config import RunConfig
+
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_dict({"model": {"n_experts": 4, **model}, "train": train})

@@ -97,7 +97,13 @@ class TrainConfig:
     (Porian et al. 2024).
 
     ``expert_lr_scale`` multiplies the learning rate of routed experts only (Hunyuan-Large sec. 2.2.4; see
-    ``moelab.train.optim.eps_opt``). Weight decay skips norms and any 1-D parameter (biases).
+    ``moelab.train.optim.eps_opt``); ``auto`` sets it during training from the measured noise scales of the
+    expert and shared parameters (``moelab.train.noise.auto_expert_lr_scale``; 1.0 until both are measured
+    after warmup). Weight decay skips norms and any 1-D parameter (biases).
+
+    ``noise_every``: every that many steps the run measures the gradient noise scale B_simple (the two halves
+    of the step's batch, ``moelab.train.noise``; about 1/noise_every of the step time); 0 never. The
+    measurement never changes the update; it enters the run's identity because ``auto`` reads it.
 
     ``eval_dropless``: held-out loss through a dropless dispatch (every token reaches its experts), so a
     token's eval loss never depends on the rest of the eval batch or on a random recycle draw; the summary
@@ -118,7 +124,7 @@ class TrainConfig:
     beta2: float = 0.99
     eps: float = 1e-8
     grad_clip: float = 1.0
-    expert_lr_scale: float = 1.0
+    expert_lr_scale: float | str = 1.0
     seed: int = 0
     eval_tokens: int = 32768
     eval_dropless: bool = True
@@ -126,6 +132,7 @@ class TrainConfig:
     eval_every: int = 200
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
+    noise_every: int = 20
 
     def __post_init__(self) -> None:
         check(
@@ -159,9 +166,23 @@ class TrainConfig:
             self.schedule in SCHEDULES,
             f"train.schedule must be one of {'|'.join(SCHEDULES)}, got {self.schedule!r}",
         )
-        for name in ("lr", "eps", "grad_clip", "expert_lr_scale"):
+        for name in ("lr", "eps", "grad_clip"):
             v = getattr(self, name)
             check(_is_num(v) and v > 0, f"train.{name} must be a number > 0, got {v!r}")
+        v = self.expert_lr_scale
+        check(
+            v == "auto" or (_is_num(v) and v > 0),
+            f"train.expert_lr_scale must be a number > 0 or auto, got {v!r}",
+        )
+        check(
+            _is_int(self.noise_every) and self.noise_every >= 0,
+            f"train.noise_every must be an integer >= 0 (0: never), got {self.noise_every!r}",
+        )
+        check(
+            v != "auto" or (self.noise_every >= 1 and self.batch_size % 2 == 0),
+            "train.expert_lr_scale auto needs the noise scale: train.noise_every >= 1 and an even "
+            "train.batch_size",
+        )
         for name in ("warmup_frac", "anneal_frac", "min_lr_ratio", "beta1", "beta2"):
             v = getattr(self, name)
             check(_is_num(v) and 0 <= v <= 1, f"train.{name} must be in [0, 1], got {v!r}")
@@ -199,6 +220,10 @@ class RunConfig:
         check(
             self.train.seq_len <= self.model.max_seq_len,
             f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}",
+        )
+        check(
+            self.train.expert_lr_scale != "auto" or self.model.n_experts > 1,
+            "train.expert_lr_scale auto needs routed experts (model.n_experts > 1)",
         )
         if self.data.tokenizer == "byte":
             check(

@@ -59,7 +59,12 @@ FIRST_SCHEMA: dict[str, dict[str, Any]] = {
 ADDED: dict[str, dict[str, Any]] = {
     "model": {"recycle_gate": "kept"},  # recycled gate was the overflowed expert's weight
     "data": {},
-    "train": {"eval_dropless": False},  # eval went through the training dispatch
+    "train": {
+        "eval_dropless": False,  # eval went through the training dispatch
+        # the noise probe never changes the update, so any cadence reproduces the runs before it existed; the
+        # field is semantic only because expert_lr_scale auto reads the measurements
+        "noise_every": 20,
+    },
 }
 
 #: Per section, the value of every semantic field that reproduces the behaviour before it existed.

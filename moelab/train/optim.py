@@ -7,7 +7,9 @@ Hunyuan-Large's expert-specific learning rate for routed experts.
 
 where ``labels`` is a pytree (same structure as the parameters) of ``ParamKind`` values. Scaling the AdamW
 update of routed-expert parameters by ``expert_lr_scale`` is exactly running them at ``expert_lr_scale x lr``
-(optax's decoupled weight decay is multiplied by the learning rate too).
+(optax's decoupled weight decay is multiplied by the learning rate too). With ``expert_lr_scale: auto`` the
+factor is a scalar in the optimiser state (``ExpertScaleState``, 1 at the start, checkpointed with the rest)
+that the run loop sets from the measured noise scales (``set_expert_scale``).
 
 Expert-specific learning rate (Hunyuan-Large, arXiv 2411.02265 sec. 2.2.4, after McCandlish et al. 2018, "An
 Empirical Model of Large-Batch Training"): the optimal Adam learning rate at batch size B is
@@ -26,9 +28,11 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from moelab.train.config import ANNEALED
@@ -96,16 +100,64 @@ def make_optimizer(train, labels, learning_rate=None) -> optax.GradientTransform
     across a sweep's trials of the same model shape).
     """
     decay_mask = jax.tree.map(lambda k: k != ParamKind.NO_DECAY, labels)
-    scales = jax.tree.map(lambda k: train.expert_lr_scale if k == ParamKind.EXPERT else 1.0, labels)
     parts = [
         optax.clip_by_global_norm(train.grad_clip),
         optax.scale_by_adam(b1=train.beta1, b2=train.beta2, eps=train.eps),
         optax.add_decayed_weights(train.weight_decay, mask=decay_mask),
     ]
-    if train.expert_lr_scale != 1.0:
+    if train.expert_lr_scale == "auto":
+        parts.append(_expert_scale_from_state(labels))
+    elif train.expert_lr_scale != 1.0:
+        scales = jax.tree.map(lambda k: train.expert_lr_scale if k == ParamKind.EXPERT else 1.0, labels)
         parts.append(_scale_tree(scales))
     parts.append(optax.scale(-1.0) if learning_rate is None else optax.scale_by_learning_rate(learning_rate))
     return optax.chain(*parts)
+
+
+class ExpertScaleState(NamedTuple):
+    """The routed experts' learning-rate factor of ``expert_lr_scale: auto`` (a float32 scalar)."""
+
+    scale: jax.Array
+
+
+def _expert_scale_from_state(labels) -> optax.GradientTransformation:
+    """Multiply the updates of routed-expert leaves by the scalar held in the state."""
+
+    def init(params):
+        del params
+        return ExpertScaleState(jnp.ones((), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        def one(u, kind):
+            return u * state.scale.astype(u.dtype) if kind == ParamKind.EXPERT else u
+
+        return jax.tree.map(one, updates, labels), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_scale_state(x) -> bool:
+    return isinstance(x, ExpertScaleState)
+
+
+def get_expert_scale(opt_state) -> float | None:
+    """The auto expert scale held in ``opt_state`` (None when the optimiser has none)."""
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_scale_state) if _is_scale_state(x)]
+    return float(found[0].scale) if found else None
+
+
+def set_expert_scale(opt_state, value: float):
+    """``opt_state`` with its auto expert scale set to ``value``, placed as the old one was (works across
+    processes: every process fills its own devices)."""
+
+    def put(x):
+        if not _is_scale_state(x):
+            return x
+        host = np.asarray(value, np.float32)
+        return ExpertScaleState(jax.make_array_from_callback((), x.scale.sharding, lambda index: host[index]))
+
+    return jax.tree.map(put, opt_state, is_leaf=_is_scale_state)
 
 
 def _scale_tree(scales) -> optax.GradientTransformation:
