@@ -177,3 +177,40 @@ def test_bad_noise_and_auto_settings_fail_naming_the_field(train, model, match):
 
     with pytest.raises(ConfigError, match=match):
         RunConfig.from_dict({"model": {"n_experts": 4, **model}, "train": train})
+
+
+# ---------------------------------------------------------------------------------------------- in a real run
+def test_probe_never_changes_training_and_auto_resumes_exactly(tmp_path, monkeypatch):
+    from moelab.train import run_training
+    from moelab.train.metrics import read_metrics
+    from tests._train_helpers import tiny_run, write_corpus
+
+    monkeypatch.setenv("MOELAB_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = write_corpus(tmp_path)
+    kw = dict(tokens=16 * 8 * 24, log_every=4, checkpoint_every=12, eval_every=24)
+    off = run_training(tiny_run(corpus, noise_every=0, **kw), tmp_path / "off", progress=False)
+    on = run_training(tiny_run(corpus, noise_every=2, **kw), tmp_path / "on", progress=False)
+    assert on["eval_loss"] == off["eval_loss"]  # the probe reads, never writes
+    assert off["noise_not_measured"] == "train.noise_every is 0" and off["b_simple"] is None
+    assert on["noise_probes"] == 12 and on["noise_overhead"] > 0 and on["b_simple"] > 0
+    rows = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    assert all(k in rows[-1] for k in ("b_simple", "b_simple_expert", "b_simple_shared"))
+
+    auto = tiny_run(corpus, noise_every=2, expert_lr_scale="auto", **kw)
+    full = run_training(auto, tmp_path / "full", progress=False)
+    assert full["expert_lr_scale_final"] != 1.0 and full["eval_loss"] != on["eval_loss"]
+
+    def stop(step, total, text):
+        if step >= 16:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(auto, tmp_path / "cut", progress=stop)
+    resumed = run_training(auto, tmp_path / "cut", progress=False)
+    assert resumed["resumed_from"] == 12
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("full", "cut"))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "b_simple", "expert_lr_scale"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+    assert resumed["eval_loss"] == pytest.approx(full["eval_loss"], abs=1e-6)

@@ -58,6 +58,10 @@ OUTCOME = (
     "load_max",
     "diverged_step",
     "error",
+    "b_simple",
+    "b_simple_expert",
+    "b_simple_shared",
+    "noise_overhead",
 )
 PROVENANCE = ("moelab_version", "jax_version", "python_version", "git_commit", "corpus_fingerprint")
 COLUMNS = IDENTITY + MODEL + ACCOUNTING + TRAINING + OUTCOME + PROVENANCE
@@ -128,6 +132,7 @@ def run_row(
         load_max=max(flat) if flat else summary.get("load_max"),
         diverged_step=summary.get("diverged_step"),
         error=_short(summary.get("error")),
+        **{k: summary.get(k) for k in ("b_simple", "b_simple_expert", "b_simple_shared", "noise_overhead")},
         moelab_version=versions.get("moelab"),
         jax_version=versions.get("jax"),
         python_version=versions.get("python"),
@@ -172,6 +177,10 @@ def to_frame(rows: list[dict[str, Any]]):
         "load_min",
         "load_max",
         "lr",
+        "b_simple",
+        "b_simple_expert",
+        "b_simple_shared",
+        "noise_overhead",
     ):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     for col in (

@@ -275,8 +275,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     from moelab.data import eval_batches, train_batch
     from moelab.model import Transformer
     from moelab.train.checkpoint import Checkpointer
+    from moelab.train.noise import NoiseMonitor
     from moelab.train.optim import lr_schedule
-    from moelab.train.step import make_eval_step, make_train_step
+    from moelab.train.step import make_eval_step, make_loss_fn, make_train_step, param_labels
 
     t0 = time.perf_counter()
     m, t = run.model, run.train
@@ -297,7 +298,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     put_batch = placement.batch
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
-    start, prev_wall, prev_train = 0, 0.0, 0.0
+    start, prev_wall, prev_train, meta = 0, 0.0, 0.0, None
     latest = ckpt.latest_step()
     if latest is not None:
         (params, opt_state, first_bad), meta = ckpt.restore(latest, (params, opt_state, first_bad))
@@ -306,6 +307,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
             float(meta["wall_time_s"]),
             float(meta["train_time_s"]),
         )
+    # the gradient noise scale, probed every train.noise_every steps (moelab.train.noise)
+    loss_fn = make_loss_fn(graphdef, m, mesh=mesh, remat=remat)
+    noise = NoiseMonitor.for_run(run, loss_fn, param_labels(params), mesh=mesh, meta=meta)
     metrics_path = out / "metrics.jsonl"
     if main and metrics_path.exists():
         truncate_metrics(metrics_path, start)
@@ -329,6 +333,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     try:
         for step in range(start, total_steps):
             batch = put_batch(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
+            opt_state = noise.before_step(step, params, rest, batch, seed, opt_state)
             params, opt_state, first_bad, metrics = train_step(
                 params, opt_state, first_bad, rest, batch, np.int32(step), lrs[step], seed
             )
@@ -369,6 +374,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
                 "recycled_frac": float(np.mean([h["recycled_frac"] for h in host])),
                 "tokens_per_s": tokens_per_s,
                 "mfu": tokens_per_s * flops_per_token / peak,
+                **noise.metrics(),
             }
             row = dict(last_row)
             if do_eval:
@@ -380,7 +386,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
                 ckpt.save(
                     done,
                     (params, opt_state, first_bad),
-                    {"step": done, "wall_time_s": wall, "train_time_s": train_time},
+                    {"step": done, "wall_time_s": wall, "train_time_s": train_time, **noise.state()},
                 )
             writer.write(row)
             update_bar(done, f"loss {row['loss']:.3f}" + (f" eval {row['eval_loss']:.3f}" if do_eval else ""))
@@ -423,6 +429,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         peak_flops=peak,
         checkpoint_time_s=ckpt.seconds,
         resumed_from=start or None,
+        **noise.summary(seconds),
     )
     return summary
 

@@ -27,12 +27,15 @@ token passes through).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from moelab.train.optim import ParamKind, eps_opt
+from moelab.train.optim import ParamKind, eps_opt, set_expert_scale
 
 #: Parameter groups the noise scale is measured for.
 GROUPS = ("all", "expert", "shared")
@@ -150,3 +153,106 @@ class NoiseEMA:
     @classmethod
     def from_dict(cls, d: dict) -> NoiseEMA:
         return cls(beta=float(d["beta"]), n=int(d["n"]), g2=dict(d["g2"]), trace=dict(d["trace"]))
+
+
+def make_noise_probe(loss_fn, labels, *, mesh=None):
+    """The jitted probe ``(params, rest, batch, step, seed) -> {group: (|G_small|^2, |G_big|^2)}``.
+
+    ``loss_fn(params, rest, batch, router_key) -> (total, aux)`` is the training objective
+    (``moelab.train.step.make_loss_fn``); the router key is the train step's,
+    ``fold_in(key(seed + 1), step)``, so the probe routes the batch as the step does. On a mesh the outputs
+    are replicated."""
+    masks = group_masks(labels)
+
+    def grad_fn(params, half, rest, key):
+        return jax.grad(lambda p: loss_fn(p, rest, half, key)[0])(params)
+
+    def probe(params, rest, batch, step, seed):
+        key = jax.random.fold_in(jax.random.key(seed + 1), step)
+        return probe_sq_norms(grad_fn, masks, params, batch, rest, key)
+
+    if mesh is None:
+        return jax.jit(probe)
+    return jax.jit(probe, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+class NoiseMonitor:
+    """The run loop's view of the noise scale: probe every ``train.noise_every`` steps (before the step, on
+    its batch and parameters), keep the EMA, set ``expert_lr_scale: auto`` in the optimiser state, and report.
+
+    The loop calls ``before_step`` each step, ``metrics()`` for each metrics row, ``state()`` into each
+    checkpoint's meta (restored by ``for_run(..., meta=)``), and ``summary(train_time)`` at the end."""
+
+    def __init__(self, probe, every: int, batch_tokens: int, *, auto: bool = False, warmup_steps: int = 0,
+                 reason: str | None = None):  # fmt: skip
+        self.probe, self.every, self.batch_tokens = probe, every, batch_tokens
+        self.auto, self.warmup_steps, self.reason = auto, warmup_steps, reason
+        self.ema = NoiseEMA()
+        self.seconds, self.probes, self.timed = 0.0, 0, 0
+        self._compiled = False  # the session's first probe compiles: its time is not the probe's cost
+        self.scale = 1.0 if auto else None
+
+    @classmethod
+    def for_run(cls, run, loss_fn, labels, *, mesh=None, meta: dict | None = None) -> NoiseMonitor:
+        t = run.train
+        reason = None
+        if t.noise_every == 0:
+            reason = "train.noise_every is 0"
+        elif t.batch_size % 2:
+            reason = f"train.batch_size {t.batch_size} is odd (the probe splits the batch in two halves)"
+        every = 0 if reason else t.noise_every
+        probe = make_noise_probe(loss_fn, labels, mesh=mesh) if every else None
+        mon = cls(probe, every, t.batch_size * t.seq_len, auto=t.expert_lr_scale == "auto",
+                  warmup_steps=int(round(t.warmup_frac * run.total_steps())), reason=reason)  # fmt: skip
+        saved = (meta or {}).get("noise")
+        if saved:
+            mon.ema = NoiseEMA.from_dict(saved["ema"])
+            mon.seconds, mon.probes = float(saved["seconds"]), int(saved["probes"])
+            mon.timed = int(saved.get("timed", 0))
+            mon.scale = saved.get("scale", mon.scale)
+        return mon
+
+    def before_step(self, step: int, params, rest, batch, seed, opt_state):
+        """Probe at every ``every``-th step (0-based); returns ``opt_state`` (with a new auto scale)."""
+        if not self.every or step % self.every:
+            return opt_state
+        jax.block_until_ready(params)  # time the probe alone, not the tail of the previous step
+        t0 = time.perf_counter()
+        sq = jax.device_get(self.probe(params, rest, batch, np.int32(step), seed))
+        if self._compiled:
+            self.seconds += time.perf_counter() - t0
+            self.timed += 1
+        self._compiled = True
+        self.probes += 1
+        self.ema.update(sq, self.batch_tokens / 2, self.batch_tokens)
+        if self.auto and step >= self.warmup_steps:
+            shared, expert = self.ema.b_simple("shared"), self.ema.b_simple("expert")
+            if shared is not None and expert is not None:
+                self.scale = auto_expert_lr_scale(self.batch_tokens, shared, expert)
+                opt_state = set_expert_scale(opt_state, self.scale)
+        return opt_state
+
+    def metrics(self) -> dict:
+        if not self.every:
+            return {}
+        out = self.ema.metrics()
+        if self.auto:
+            out["expert_lr_scale"] = self.scale
+        return out
+
+    def state(self) -> dict:
+        return {"noise": {"ema": self.ema.to_dict(), "seconds": self.seconds, "probes": self.probes,
+                          "timed": self.timed, "scale": self.scale}}  # fmt: skip
+
+    def summary(self, seconds: float) -> dict:
+        """Final B_simple per group, the probe's share of the training time (``noise_overhead``: the seconds
+        of the timed probes over the seconds of the steps, both from the run's timed intervals ``seconds``,
+        which leave out each session's compiling first step), and why nothing was measured if so."""
+        out = {**self.ema.metrics(), "noise_probes": self.probes, "noise_probe_s": self.seconds}
+        step_s = seconds - self.seconds
+        out["noise_overhead"] = self.seconds / step_s if self.timed and step_s > 0 else None
+        if self.auto:
+            out["expert_lr_scale_final"] = self.scale
+        if self.reason:
+            out["noise_not_measured"] = self.reason
+        return out
