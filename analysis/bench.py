@@ -1,40 +1,24 @@
 """Fit benchmarks for ``moelab bench fit``: the 4,500-start Chinchilla grid and 1,000 bootstrap refits.
 
 Targets on the 2-core CPU machine (issue 6): the grid on 240 points in <= 10 s (a naive SciPy loop takes about
-11 minutes), 1,000 bootstrap refits in <= 120 s. Uses Besiroglu et al.'s extracted data when ../shared/data is
-present, else 240 synthetic points from their fitted law with 2% noise. Each timing is reported for the first
-call in the process (including JAX compilation or its persistent-cache load) and for a repeat.
+11 minutes), 1,000 bootstrap refits in <= 120 s. Uses Besiroglu et al.'s extracted data (the bundled dataset
+epoch-chinchilla, 5 highest losses dropped). Each timing is reported for the first call in the process
+(including JAX compilation or its persistent-cache load) and for a repeat. ``moelab bench laws`` (every law on
+every dataset, held-out errors) is :mod:`analysis.bench_laws`.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-EPOCH_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_svg_extracted.csv"
-EPOCH = {"E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.3473, "beta": 0.3672}
+from analysis import datasets
 
 
 def bench_data() -> tuple[pd.DataFrame, str]:
-    """The 240 reference points (or a synthetic stand-in) and a label saying which."""
-    if EPOCH_CSV.is_file():
-        raw = pd.read_csv(EPOCH_CSV).sort_values("loss").iloc[:-5]
-        N = raw["Model Size"].to_numpy(float)
-        df = pd.DataFrame({"active_params": N, "tokens": raw["Training FLOP"].to_numpy(float) / (6 * N)})
-        df["loss"] = raw["loss"].to_numpy(float)
-        return df, str(EPOCH_CSV)
-    from analysis.laws import CHINCHILLA
-
-    rng = np.random.default_rng(0)
-    N = np.exp(rng.uniform(np.log(5e7), np.log(1.6e10), 240))
-    D = np.exp(rng.uniform(np.log(5e9), np.log(5e11), 240))
-    L = CHINCHILLA.predict(EPOCH, np.log(np.stack([N, D], -1))) * np.exp(0.02 * rng.normal(size=240))
-    return pd.DataFrame(
-        {"active_params": N, "tokens": D, "loss": L}
-    ), "synthetic (Besiroglu et al. law + 2% noise)"
+    """The 240 reference points and a label saying where they come from."""
+    return datasets.load("epoch-chinchilla"), f"epoch-chinchilla ({datasets.get('epoch-chinchilla').path})"
 
 
 def run_fit_bench(n_boot: int = 1000, repeats: int = 2) -> dict:

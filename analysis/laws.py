@@ -5,7 +5,7 @@ coordinates (logs of positive coefficients) so that the fit is unconstrained in 
 terms are a log-sum-exp (Hoffmann et al. 2022, Approach 3). Each law carries named parameters, raw-coordinate
 bounds, an initialisation grid (the starts of :func:`analysis.fit.fit`) and a vectorised ``predict``.
 
-Laws (formulas and published coefficients: ../shared/LAWS.md):
+Laws (formulas: ../shared/LAWS.md; published coefficient sets: :mod:`analysis.published`):
 
 - ``chinchilla``  L = E + A/N^alpha + B/D^beta                      (Hoffmann et al. 2022, eq. 2)
 - ``granularity`` L = c + (g/G^gamma + a)/N^alpha + b/D^beta           (Krajewski et al. 2024, eq. 6)
@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from analysis.published import PUBLISHED
 from moelab.errors import MoelabError
 
 LN10 = float(np.log(10.0))
-CLARK_E_START, CLARK_E_MAX = 1.847, 314.5  # Clark et al. 2022, S-BASE fit
+# Clark et al. 2022, S-BASE fit: the Ê constants joint_moe and shared_ratio hold fixed
+CLARK_E_START, CLARK_E_MAX = (PUBLISHED["clark2022"].params[k] for k in ("E_start", "E_max"))
 
 
 def _lse(xp, *terms):
@@ -178,7 +180,7 @@ CHINCHILLA = Law(
     from_params=_chin_from,
     features=_chin_features,
     needs_variation=("active_params", "tokens"),
-    published={"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28},
+    published=dict(PUBLISHED["hoffmann2022"].params),
 )
 
 
@@ -209,7 +211,7 @@ GRANULARITY = Law(
     from_params=lambda p: _log_cols(p, _GRAN_LOG),
     features=_gran_features,
     needs_variation=("active_params", "tokens", "granularity"),
-    published={"a": 18.1, "alpha": 0.115, "b": 30.8, "beta": 0.147, "g": 2.1, "gamma": 0.58, "c": 0.47},
+    published=dict(PUBLISHED["krajewski2024"].params),
 )
 
 
@@ -238,7 +240,9 @@ CLARK = Law(
     columns=("active_params", "n_experts"),
     raw=("a", "b", "c", "d", "log_E_start", "log_E_max"),
     params=("a", "b", "c", "d", "E_start", "E_max"),
-    grid=((-0.2, -0.05), (-0.3, -0.05), (-0.01, 0.01), (0.5, 1.5), (0.0, 1.0), (4.0, 6.0)),
+    # c, E_start and E_max span the fits of Clark et al.'s released S-BASE, RL-R and Hash runs (c up to 0.013,
+    # E_start up to 4.4, E_max up to 480): a narrower grid raised false grid-edge warnings on them
+    grid=((-0.2, -0.05), (-0.3, -0.05), (-0.01, 0.01, 0.03), (0.5, 1.5), (0.0, 1.0, 2.0), (4.0, 6.0, 8.0)),
     bounds=(
         (-2.0, 2.0),
         (-2.0, 2.0),
@@ -252,8 +256,8 @@ CLARK = Law(
     from_params=lambda p: _log_cols(p, [4, 5]),
     features=_clark_features,
     needs_variation=("active_params", "n_experts"),
-    published={"a": -0.082, "b": -0.108, "c": 0.009, "d": 1.104, "E_start": 1.847, "E_max": 314.5},
-    max_starts=64,
+    published=dict(PUBLISHED["clark2022"].params),
+    max_starts=216,
 )
 
 

@@ -103,10 +103,11 @@ def holdout(
 DEFAULT_LAWS = ("chinchilla", "granularity", "clark", "joint_moe", "shared_ratio")
 
 
-def compare_laws(df: pd.DataFrame, laws=DEFAULT_LAWS, **kw) -> pd.DataFrame:
+def compare_laws(df: pd.DataFrame, laws=DEFAULT_LAWS, results: dict | None = None, **kw) -> pd.DataFrame:
     """Held-out error of each law on the same split, best first.
 
     Laws the data cannot support are listed with the reason (missing or constant column, too few runs).
+    ``results``, when given, receives each fitted law's :class:`FitResult` (fitted on the training split).
     """
     rows = []
     for name in laws:
@@ -119,6 +120,8 @@ def compare_laws(df: pd.DataFrame, laws=DEFAULT_LAWS, **kw) -> pd.DataFrame:
             rows.append({"law": law.name, "n_params": law.n_params, "skipped": str(exc)})
             continue
         h = res.holdout
+        if results is not None:
+            results[law.name] = res
         rows.append(
             {
                 "law": law.name,

@@ -18,9 +18,10 @@ from moelab.errors import MoelabError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("moelab.train.cli", "train one model (one trial of a sweep)"),
     "sweep": ("moelab.sweep.cli", "plan, run and inspect Ray-scheduled sweep grids"),
-    "fit": ("analysis.cli", "fit scaling laws to a results folder or a CSV"),
+    "fit": ("analysis.cli", "fit scaling laws to a results folder, a bundled dataset or a CSV"),
     "suggest": ("analysis.suggest_cli", "the next runs that most shrink a prediction's interval per FLOP"),
     "report": ("analysis.report.cli", "write the scaling-law report of a results folder"),
+    "datasets": ("analysis.datasets.cli", "public scaling data bundled with moelab: list, info NAME"),
     "plan": ("moelab.parallel.cli", "memory and time plan of a large configuration on a TPU/GPU mesh"),
     "bench": ("moelab.bench", "benchmarks: training-step throughput and model FLOP utilisation"),
     "demo": ("moelab.demo", "run the demo sweep on the embedded corpus, fit the laws, write the report"),

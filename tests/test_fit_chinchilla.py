@@ -1,4 +1,5 @@
-"""Acceptance: the Chinchilla Approach 3 fit on Besiroglu et al.'s extracted data (../shared/data)."""
+"""Acceptance: the Chinchilla Approach 3 fit on Besiroglu et al.'s extracted data (the bundled dataset
+epoch-chinchilla), with their selection and loss, against their published coefficients."""
 
 from __future__ import annotations
 
@@ -6,21 +7,20 @@ import numpy as np
 import pytest
 
 import analysis
+from analysis import datasets
+from analysis.published import PUBLISHED
 
-# Besiroglu et al. 2024 (arXiv 2404.10102), summed-Huber grid fit on 240 points (../shared/LAWS.md).
-EPOCH = {"E": 1.8172, "A": 477.84, "B": 2143.86, "alpha": 0.3473, "beta": 0.3672}
-EPOCH_95 = {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}
+# Besiroglu et al. 2024 (arXiv 2404.10102): the 4,500-start grid fit on 240 points, and their bootstrap's
+# 95% intervals (4,000 resamples) of the BFGS fit.
+EPOCH = PUBLISHED["epoch2024-grid"].params
+EPOCH_95 = {k: PUBLISHED["epoch2024"].intervals[k] for k in ("E", "alpha", "beta")}
 
 
 @pytest.fixture(scope="module")
-def epoch_runs(shared_data):
-    path = shared_data / "chinchilla_svg_extracted.csv"
-    df = analysis.load_runs(
-        path, columns={"active_params": "Model Size", "flops": "Training FLOP", "loss": "loss"},
-        tokens_from_flops=True,
-    )
-    assert len(df) == 245
-    return df.sort_values("loss").iloc[:-5]  # drop the 5 highest losses, as Besiroglu et al.
+def epoch_runs():
+    df = datasets.load("epoch-chinchilla")  # 245 points, the 5 highest losses dropped, D = C/(6N)
+    assert len(df) == 240
+    return df
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 from _analysis_helpers import CHIN_TRUE, chinchilla_runs
 
 import analysis
+from analysis import datasets
 from analysis.fit import FitWarning, prepare
 from analysis.laws import get_law
 from moelab.cli import main
@@ -119,7 +120,7 @@ def test_cli_csv_bad_input_exits_2_with_one_line(tmp_path, capsys):
     base = ["--csv", csv, "--n-col", "N", "--loss-col", "L"]
     cases = [
         ([*base, "--d-col", "DD"], "no column 'DD'"),
-        (["--csv", csv, "--loss-col", "L", "--d-col", "D"], "needs --n-col, --loss-col and one of"),
+        (["--csv", csv, "--loss-col", "L", "--d-col", "D"], "--csv needs --col active_params=COLUMN"),
         ([*base, "--d-col", "D", "--law", "nope"], "invalid choice"),
         ([*base, "--d-col", "D", "--drop-highest-loss", 43], None),  # 5 points left for 5 parameters
         ([*base, "--d-col", "D", "--law", "clark"], "n_experts is constant"),
@@ -135,9 +136,9 @@ def test_cli_csv_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert rc == 2 and "constant" in err
 
 
-def test_cli_epoch_csv_with_nan_losses(shared_data, tmp_path, capsys):
+def test_cli_epoch_csv_with_nan_losses(tmp_path, capsys):
     """The acceptance data through the CLI, with 3 NaN losses added: dropped with a count, same fit."""
-    src = pd.read_csv(shared_data / "chinchilla_svg_extracted.csv")
+    src = pd.read_csv(datasets.get("epoch-chinchilla").path)
     extra = src.iloc[:3].assign(loss=np.nan)
     csv = tmp_path / "epoch.csv"
     pd.concat([src, extra]).to_csv(csv, index=False)
