@@ -129,6 +129,7 @@ def test_sections_shown_for_the_data(report):
         "moe",
         "heldout",
         "params",
+        "published",
         "extrapolation",
         "router",
         "repro",

@@ -13,6 +13,7 @@ from analysis.report import figures as F
 from analysis.report.data import ResultsData, load_results
 from analysis.report.fits import Analysis, analyse
 from analysis.report.hyper import hyper_section
+from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
 
 __all__ = ["build_report", "summary_lines"]
@@ -324,13 +325,15 @@ def build_report(
     n_boot: int | None = None,
     max_starts: int | None = None,
     laws: list[str] | None = None,
+    data: ResultsData | None = None,
 ) -> tuple[Path, list[str]]:
     """Write ``results_dir/report/`` (or ``out``) and return (folder, summary lines).
 
     ``n_boot``: bootstrap resamples per law (default :data:`analysis.report.fits.DEFAULT_BOOT`);
     ``max_starts``: cap on each law's grid of L-BFGS starts (default: the law's own grid);
-    ``laws``: the registered laws to fit (default: all of them)."""
-    data = load_results(results_dir)
+    ``laws``: the registered laws to fit (default: all of them); ``data``: report data already loaded (a table
+    of runs, :mod:`analysis.report.table`) instead of reading ``results_dir``."""
+    data = load_results(results_dir) if data is None else data
     an = analyse(data, target=target, n_boot=n_boot, max_starts=max_starts, laws=laws)
     sections: list[Section | None] = [_sweep_section(data), _curves_section(data), _compute_section(data, an)]
     iso, minima = _isoflop_section(data)
@@ -340,6 +343,7 @@ def build_report(
         _moe_section(data, an),
         _heldout_section(an, data.runs),
         _params_section(an),
+        published_section(data.ok, an),
         _extrapolation_section(an),
         _router_section(data),
         hyp,

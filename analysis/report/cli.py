@@ -1,4 +1,7 @@
-"""``moelab report RESULTS_DIR``: write RESULTS_DIR/report/ (index.html, report.md, figures/, fits.json)."""
+"""``moelab report RESULTS_DIR``: write RESULTS_DIR/report/ (index.html, report.md, figures/, fits.json).
+
+``moelab report --csv FILE --col ...`` or ``--dataset NAME`` reports any table of runs (the options of
+``moelab fit``); the report goes to ``--out``, by default results/NAME/report."""
 
 from __future__ import annotations
 
@@ -9,10 +12,15 @@ from moelab.errors import MoelabError
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dir", metavar="RESULTS_DIR", help="a results folder holding runs.parquet")
+    parser.add_argument(
+        "results_dir", metavar="RESULTS_DIR", nargs="?", help="a results folder holding runs.parquet"
+    )
     parser.add_argument("--out", default=None, help="report folder (default: RESULTS_DIR/report)")
     parser.add_argument("--target", default="hunyuan-large", help="preset to extrapolate to")
     add_fit_options(parser)
+    from analysis.cli import add_table_options  # the table options of moelab fit (a light module)
+
+    add_table_options(parser)
 
 
 def add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -57,16 +65,31 @@ def _laws(spec: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    root = Path(args.results_dir)
-    if not root.is_dir():
-        raise MoelabError(f"RESULTS_DIR {root}: no such folder")
     _check_count(args.bootstrap, "--bootstrap", 0)
     _check_count(args.starts, "--starts", 1)
     laws = _laws(args.laws)
+    data = None
+    if args.csv or args.dataset:
+        from analysis.report.table import table_data
+
+        root, data = table_data(args)
+        args.out = args.out or root / "report"
+    else:
+        if args.results_dir is None:
+            raise MoelabError("give a RESULTS_DIR, --csv FILE or --dataset NAME")
+        root = Path(args.results_dir)
+        if not root.is_dir():
+            raise MoelabError(f"RESULTS_DIR {root}: no such folder")
     from analysis.report.build import build_report
 
     folder, summary = build_report(
-        root, args.out, target=args.target, n_boot=args.bootstrap, max_starts=args.starts, laws=laws
+        root,
+        args.out,
+        target=args.target,
+        n_boot=args.bootstrap,
+        max_starts=args.starts,
+        laws=laws,
+        data=data,
     )
     print(f"report: {folder / 'index.html'}")
     for line in summary:

@@ -295,13 +295,16 @@ def _sig2(x: pd.Series) -> pd.Series:
 
 
 def _param_groups(ok: pd.DataFrame, vary: str, fixed: Sequence[str], min_points: int) -> list[pd.DataFrame]:
-    df = ok.assign(_active=_sig2(ok["active_params"]), _total=_sig2(ok["total_params"]))
+    total = _sig2(ok["total_params"]) if "total_params" in ok else np.nan  # a table may lack it (--csv)
+    df = ok.assign(_active=_sig2(ok["active_params"]), _total=total)
     # realised shapes land within rounding of the requested knobs (ModelConfig.from_budget): compare the
     # requested values, granularity on a half-octave grid and shared_ratio on a 0.05 grid
     if "granularity" in df:
         df["_g"] = 2.0 ** (np.round(2 * np.log2(df["granularity"].astype(float).clip(lower=1e-6))) / 2)
     if "shared_ratio" in df:
         df["_s"] = (df["shared_ratio"].astype(float).fillna(0.0) * 20).round() / 20
+    if vary not in df:  # a table of runs (moelab report --csv) may lack the knob
+        return []
     keys = [k for k in fixed if k in df]
     out = []
     for _, g in df.groupby(keys, dropna=False):

@@ -1,0 +1,80 @@
+"""The report's "Published laws beside fitted" section: the coefficient sets of :mod:`analysis.published`
+(Hoffmann, Epoch, Krajewski, Ludziejewski, Clark, Hunyuan-Large's allocation law) evaluated on the same runs
+as the fitted laws, and every exponent side by side with the fitted ones' bootstrap intervals.
+
+All numbers come from :mod:`analysis.compare`; this module only lays them out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.compare import applicable, exponent_rows, exponent_table, predict_published
+from analysis.published import PUBLISHED
+from analysis.report.render import Section
+
+__all__ = ["published_section", "published_table"]
+
+
+def _pct(v) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.2%}"
+
+
+def published_table(ok: pd.DataFrame, heldout_ids, laws) -> pd.DataFrame:
+    """Mean |relative error| of every applicable published set on the held-out runs and on all runs, below
+    the fitted laws' (``laws``: the report's LawSummary list)."""
+    rows = [
+        {
+            "law": s.name,
+            "coefficients": "fitted here",
+            "held-out mean |rel. error|": _pct(s.heldout_err),
+            "all runs mean |rel. error|": "—",
+            "source": "this sweep",
+        }
+        for s in laws
+    ]
+    is_ho = ok["run_id"].isin(list(heldout_ids)).to_numpy()
+    obs = ok["loss"].to_numpy(dtype=float)
+    for pub in PUBLISHED.values():
+        if applicable(pub, ok) is not None:
+            continue
+        rel = np.abs(predict_published(pub, ok) / obs - 1)
+        rows.append(
+            {
+                "law": pub.law,
+                "coefficients": f"published: {pub.key}",
+                "held-out mean |rel. error|": _pct(float(rel[is_ho].mean())) if is_ho.any() else "—",
+                "all runs mean |rel. error|": _pct(float(rel.mean())),
+                "source": pub.citation,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def published_section(ok: pd.DataFrame, an) -> Section | None:
+    """The section, or None when no law was fitted and no published set applies to the runs."""
+    table = published_table(ok, an.heldout_ids, an.laws)
+    exps = exponent_rows(an.results)
+    if not any(table["coefficients"].str.startswith("published")) and not exps:
+        return None
+    tables = [("Published coefficient sets on these runs (no parameter refitted)", table)]
+    if exps:
+        tables.append(
+            ("Exponents: fitted (95% bootstrap interval) beside the published values", exponent_table(exps))
+        )
+    return Section(
+        "published",
+        "Published laws beside the fitted ones",
+        "Each published law predicts these runs with its paper's coefficients; its exponents sit beside the "
+        "fitted ones and their intervals, so a fitted exponent outside every published value is a finding to "
+        "explain, not a fit to trust.",
+        tables=tables,
+        notes=[
+            "A published set was fitted to its paper's corpus, tokenizer and parameter count (some count "
+            "embeddings): a constant offset in loss is expected, so compare exponents rather than absolute "
+            "errors.",
+            "Allocation exponents (N_opt ∝ C^n, D_opt ∝ C^d) follow from C = 6ND; Hunyuan-Large's law was "
+            "fitted with its own compute model (C = 9.59 N D + 2.3e8 D).",
+        ],
+    )
