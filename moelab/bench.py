@@ -76,6 +76,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--repeats", type=int, default=2, help="timed repeats; the first includes compilation")
     f.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
 
+    lw = sub.add_parser("laws", help="every law on every bundled dataset (and RESULTS): held-out errors")
+    lw.add_argument("results", nargs="*", help="results folders to add to the bundled datasets")
+    lw.add_argument("--dataset", action="append", help="bundled datasets to use (repeatable; default: all)")
+    lw.add_argument("--laws", default=None, metavar="A,B", help="comma-separated laws (default: all)")
+    lw.add_argument("--json", type=Path, help="write the results to this JSON file (atomically)")
+
     s = sub.add_parser("sweep", help="Ray overhead: N trials through Ray vs back to back (issue 5)")
     s.add_argument("--trials", type=int, default=8, help="trials (default 8)")
     s.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="Ray concurrencies")
@@ -88,7 +94,26 @@ def run(args: argparse.Namespace) -> int:
         return _run_other(args, "fit")
     if args.bench == "sweep":
         return _run_other(args, "sweep")
+    if args.bench == "laws":
+        return _run_laws(args)
     return _run_step(args)
+
+
+def _run_laws(args: argparse.Namespace) -> int:
+    """``bench laws`` (analysis.bench_laws): the law x dataset table, Markdown on stdout."""
+    from analysis.bench_laws import format_table, run_laws_bench  # analysis is imported only when asked
+    from analysis.datasets import get
+    from analysis.laws import get_law
+
+    for name in args.dataset or []:
+        get(name)
+    laws = None if args.laws is None else [get_law(x.strip()).name for x in args.laws.split(",") if x.strip()]
+    results = run_laws_bench(datasets=args.dataset, results=args.results, laws=laws)
+    print(format_table(results))
+    print(f"\n{results['seconds']:.1f} s on {os.cpu_count()} cores")
+    if args.json:
+        _write_json(args.json, results)
+    return 0
 
 
 def _run_other(args: argparse.Namespace, which: str) -> int:
