@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from moelab import __version__
-from moelab.errors import MoelabError
+from moelab.errors import MoelabError, disk_full_message
 
 # name -> (module, one-line help). The module is imported only when its command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("moelab: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a full disk is the machine's state, not a bug: one line, not a traceback
+        line = disk_full_message(exc)
+        if line is None:
+            raise
+        print(f"moelab: error: {line}; free space and run the same command again to resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

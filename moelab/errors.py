@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+
 
 class MoelabError(Exception):
     """A problem with what the user asked for (bad input, bad config, missing file).
@@ -21,3 +25,27 @@ def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds."""
     if not condition:
         raise ConfigError(message)
+
+
+#: errno values that mean "the disk (or this process's file-size limit) has no room for the write"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_TS_CODE = re.compile(r"os_error_code='(\d+)'")  # how tensorstore (orbax's writer) reports the OS error
+_TS_PATHS = (re.compile(r'Failed writing: "([^"]+)"'), re.compile(r'local file "([^"]+)"'))
+
+
+def disk_full_message(exc: BaseException) -> str | None:
+    """One line for an error caused by a full disk (or a file-size limit) anywhere in ``exc``'s chain, naming
+    the file being written; None for any other error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            why = exc.strerror or os.strerror(exc.errno)
+            return f"disk full ({why}) while writing {exc.filename or 'a file'}"
+        code = _TS_CODE.search(str(exc))
+        if code and int(code.group(1)) in DISK_FULL_ERRNOS:
+            paths = [m.group(1) for m in (p.search(str(exc)) for p in _TS_PATHS) if m]
+            where = paths[0] if paths else "a checkpoint"
+            return f"disk full ({os.strerror(int(code.group(1)))}) while writing {where}"
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -23,6 +23,7 @@ the remat policy are execution options: they do not enter the config or the run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moelab.errors import ConfigError
+from moelab.errors import ConfigError, disk_full_message
 from moelab.model.dispatch import resolve
 from moelab.parallel.placement import Placement
 from moelab.train.config import RunConfig
@@ -195,8 +196,12 @@ def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: st
         raise
     except BaseException as exc:
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip().rstrip(":")
+        msg = disk_full_message(exc) or msg
         if main:
-            write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
+            # on a full disk this write may fail too: keep the original error (the summary then stays
+            # ``running``, and the run resumes from its last checkpoint once there is space)
+            with contextlib.suppress(OSError):
+                write_json_atomic(out / "summary.json", {**summary, "status": "failed", "error": msg})
         raise
     if main:
         write_json_atomic(out / "summary.json", summary)
@@ -299,9 +304,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start, prev_wall, prev_train, meta = 0, 0.0, 0.0, None
-    latest = ckpt.latest_step()
-    if latest is not None:
-        (params, opt_state, first_bad), meta = ckpt.restore(latest, (params, opt_state, first_bad))
+    restored = ckpt.restore_latest((params, opt_state, first_bad))  # unreadable ones are set aside, said
+    if restored is not None:
+        (params, opt_state, first_bad), meta = restored
         start, prev_wall, prev_train = (
             int(meta["step"]),
             float(meta["wall_time_s"]),
@@ -430,6 +435,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
         checkpoint_time_s=ckpt.seconds,
         resumed_from=start or None,
         **noise.summary(seconds),
+        checkpoints_set_aside=ckpt.set_aside or None,
     )
     return summary
 

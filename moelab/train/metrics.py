@@ -51,9 +51,16 @@ def write_json_atomic(path: Path, data) -> None:
             json.dump(_clean(data), f, indent=1, sort_keys=False)
             f.write("\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name_file(exc, path)
         raise
+
+
+def _name_file(exc: BaseException, path) -> None:
+    """Name the file in an OSError raised by a write (a full disk gives none), for a one-line report."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(path)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -82,11 +89,19 @@ class MetricsWriter:
         self._f = open(path, "a")  # noqa: SIM115  (kept open for the run)
 
     def write(self, row: dict) -> None:
-        self._f.write(json.dumps(_clean(row)) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(_clean(row)) + "\n")
+            self._f.flush()
+        except OSError as exc:
+            _name_file(exc, self._f.name)
+            raise
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()  # flushes what a failed write left in the buffer: may fail the same way
+        except OSError as exc:
+            _name_file(exc, self._f.name)
+            raise
 
 
 @functools.cache
