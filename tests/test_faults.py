@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+from moelab.parallel.placement import Placement
 from moelab.train import run_training
 from moelab.train.checkpoint import Checkpointer
 from moelab.train.loop import init_state
@@ -93,7 +94,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(runs, tmp_path
     shutil.copytree(root / "interrupted" / "checkpoints", ckpts)
     damage(ckpts / str(2 * EVERY))
     run = tiny_run(write_corpus(tmp_path))
-    _, params, _, opt_state, first_bad, _ = init_state(run)
+    _, params, _, opt_state, first_bad, _ = init_state(run, Placement())
     like = (params, opt_state, first_bad)
     lines: list[str] = []
     ckpt = Checkpointer(ckpts)
