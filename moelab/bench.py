@@ -14,7 +14,13 @@ donated buffers. Reported per model:
   alternating rounds so that both see the same machine load.
 
 ``--target moe-ratio`` and ``--target dense-mfu`` are the two benchmarks of issue 3 (see docs/model.md);
-without a target or model flags both run. ``--json PATH`` writes the results atomically.
+without a target or model flags both run. ``--target dispatch`` (issue 18) times, in one set of alternating
+rounds, the dense model of activated FFN width 1024 (d_model 256) and three MoE shapes at equal activated
+parameters (E = 8 top-1, E = 16 top-2, E = 64 top-8) under each dispatch strategy (``capacity`` at capacity
+factor 1.25, ``dropless`` = ragged_dot, ``blocksparse``), reporting each step time over the dense one and the
+step's FLOPs as XLA compiled them over the dense step's (padding and dense fallbacks show there). A strategy
+whose compiled step exceeds ``--max-flops-ratio`` times the dense FLOPs (ragged_dot's dense masked product on
+CPU) is compiled but not timed. ``--json PATH`` writes the results atomically.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ TARGETS = {
     "dense-mfu": dict(d_model=512, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=64, n_experts=1, top_k=1,
                       d_expert=2048, seq_len=256, batch=16),
 }  # fmt: skip
+# issue 18: equal activated parameters (FFN width top_k·d_expert = 1024), d_model 256, 4 layers
+DISPATCH_BENCH = dict(d_model=256, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=64, seq_len=256, batch=16)
+DISPATCH_SHAPES = ((8, 1, 1024), (16, 2, 512), (64, 8, 128))  # (n_experts, top_k, d_expert)
+DISPATCH_STRATEGIES = ("capacity", "dropless", "blocksparse")
 MODEL_FLAGS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "n_experts", "top_k", "d_expert",
                "n_shared_experts", "d_shared", "capacity_factor", "dispatch", "overflow", "cla_share",
                "vocab_size")  # fmt: skip
@@ -49,9 +59,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--target",
-        choices=sorted(TARGETS),
+        choices=sorted([*TARGETS, "dispatch"]),
         action="append",
-        help="one of issue 3's benchmarks (repeatable; default: both unless a model is given)",
+        help="issue 3's moe-ratio or dense-mfu, issue 18's dispatch (repeatable; default: moe-ratio and "
+        "dense-mfu unless a model is given)",
+    )
+    p.add_argument(
+        "--max-flops-ratio",
+        type=float,
+        default=8.0,
+        help="--target dispatch: do not time a strategy whose compiled step has more than this many times "
+        "the dense step's FLOPs (default 8)",
     )
     p.add_argument("--preset", help="a named model (moelab.presets), e.g. moe8-1m")
     for name in MODEL_FLAGS:
@@ -150,7 +168,10 @@ def _run_step(args: argparse.Namespace) -> int:
         base = get_preset(args.preset) if args.preset else ModelConfig()
         cfg = base.replace(**flags, max_seq_len=max(base.max_seq_len, args.seq_len))
         jobs.append((args.preset or "custom", cfg, args.seq_len, args.batch))
-    for target in args.target or ([] if jobs else sorted(TARGETS)):
+    targets = args.target or ([] if jobs else sorted(TARGETS))
+    for target in targets:
+        if target == "dispatch":
+            continue
         spec = dict(TARGETS[target])
         seq, batch = spec.pop("seq_len"), spec.pop("batch")
         jobs.append((target, ModelConfig(vocab_size=256, max_seq_len=seq, **spec), seq, batch))
@@ -158,12 +179,24 @@ def _run_step(args: argparse.Namespace) -> int:
     sizes = tuple(args.peak_sizes or (1024, 2048))
     if min(sizes) < 1:
         raise MoelabError(f"--peak-size must be >= 1, got {min(sizes)}")
-    results = {"benchmarks": []}
+    if args.max_flops_ratio <= 0:
+        raise MoelabError(f"--max-flops-ratio must be > 0, got {args.max_flops_ratio}")
+    results = {"benchmarks": [], "load_avg": os.getloadavg()}
     for name, cfg, seq, batch in jobs:
         res = bench_step(cfg, seq, batch, args.steps, args.rounds, sizes, dense_twin=not args.no_dense)
         res["name"] = name
         results["benchmarks"].append(res)
         _print(res)
+    if "dispatch" in targets:
+        spec = dict(DISPATCH_BENCH)
+        seq, batch = spec.pop("seq_len"), spec.pop("batch")
+        base = ModelConfig(vocab_size=256, max_seq_len=seq, **spec)
+        res = bench_dispatch(base, DISPATCH_SHAPES, seq, batch, args.steps, args.rounds, sizes,
+                             max_flops_ratio=args.max_flops_ratio)  # fmt: skip
+        results["dispatch"] = res
+        _print_dispatch(res)
+    results["load_avg_after"] = os.getloadavg()
+    print(f"load average before {_load(results['load_avg'])}, after {_load(results['load_avg_after'])}")
     if args.json:
         _write_json(args.json, results)
     return 0
@@ -194,9 +227,10 @@ def dense_twin(cfg):
 
 
 def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
-    """(step, state, tokens): the production train step (``moelab.train.step.make_train_step`` with the
-    trainer's AdamW, ``moelab.train.optim.make_optimizer``) as ``step(state, tokens, i) -> (state, loss)``,
-    its initial state and a batch of random tokens [batch, seq_len + 1] (seq_len positions trained)."""
+    """(step, state, tokens): the compiled production train step (``moelab.train.step.make_train_step`` with
+    the trainer's AdamW, ``moelab.train.optim.make_optimizer``) as ``step(state, tokens, i) -> (state,
+    loss)``, its initial state and a batch of random tokens [batch, seq_len + 1] (seq_len positions trained);
+    ``step.xla_flops`` is the compiled step's FLOP count by XLA's cost analysis."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -211,34 +245,40 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
     tx = make_optimizer(TrainConfig(lr=lr, seq_len=seq_len, batch_size=batch), param_labels(params))
     train_step = make_train_step(graphdef, tx, cfg)
 
-    def step(state, tokens, i):
-        *state, metrics = train_step(*state, rest, tokens, np.int32(i), np.float32(lr), np.int32(0))
-        return tuple(state), metrics["loss"]
-
     state = (params, tx.init(params), jnp.asarray(-1, jnp.int32))
     tokens = jax.random.randint(jax.random.key(1), (batch, seq_len + 1), 0, cfg.vocab_size, dtype=jnp.int32)
+    compiled = train_step.lower(*state, rest, tokens, np.int32(0), np.float32(lr), np.int32(0)).compile()
+
+    def step(state, tokens, i):
+        *state, metrics = compiled(*state, rest, tokens, np.int32(i), np.float32(lr), np.int32(0))
+        return tuple(state), metrics["loss"]
+
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    step.xla_flops = float(cost["flops"]) if cost and "flops" in cost else None  # XLA's count, None if absent
     return step, state, tokens
 
 
-def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dense_twin: bool = True) -> dict:
-    """Time the model (and its dense twin for an MoE) and the matmul peak in alternating rounds, so that all
-    see the same machine load; the best round of each counts. See the module docstring."""
-    from moelab.accounting import param_counts, train_flops_per_token
-
-    models = {"model": cfg}
-    if cfg.is_moe and dense_twin:
-        models["dense"] = globals()["dense_twin"](cfg)
+def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None):
+    """Compile every model's step, then time them and the matmul peak in alternating rounds (so that all see
+    the same machine load); the best round of each counts. With ``max_flops_ratio``, a model whose compiled
+    step has more than that many times the FLOPs of ``models``' first one (XLA's cost analysis) is compiled
+    but not timed. Returns ({key: run record}, peak FLOP/s)."""
     runs = {}
     for key, c in models.items():
-        step, state, tokens = make_step(c, seq_len, batch)
         t0 = time.perf_counter()
-        state, loss = step(state, tokens, 0)
-        loss.block_until_ready()
-        runs[key] = dict(step=step, state=state, tokens=tokens, compile_s=time.perf_counter() - t0, best=1e30)
+        step, state, tokens = make_step(c, seq_len, batch)
+        runs[key] = dict(step=step, state=state, tokens=tokens, xla_flops=step.xla_flops, best=1e30,
+                         loss=None, compile_s=time.perf_counter() - t0)  # fmt: skip
+        first = runs[next(iter(runs))]["xla_flops"]
+        if max_flops_ratio and step.xla_flops and first and step.xla_flops > max_flops_ratio * first:
+            runs[key].update(best=None, state=None)  # not timed: drop its buffers
     peak = 0.0
     for r in range(rounds):
         peak = max(peak, matmul_peak(peak_sizes, repeats=2))
         for run_ in runs.values():
+            if run_["best"] is None:
+                continue
             state = run_["state"]
             t0 = time.perf_counter()
             for i in range(steps):
@@ -247,16 +287,74 @@ def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dens
             run_["best"] = min(run_["best"], (time.perf_counter() - t0) / steps)
             run_["state"] = state
             run_["loss"] = float(loss)
+    return runs, peak
+
+
+def _record(cfg, run_: dict, seq_len: int, batch: int, peak: float) -> dict:
+    from moelab.accounting import param_counts, train_flops_per_token
+
+    counts = param_counts(cfg)
+    rec = dict(step_s=None, tokens_per_s=None, flops_per_s=None, mfu=None, compile_s=run_.get("compile_s"),
+               loss=run_["loss"], xla_flops=run_["xla_flops"], active_params=counts.active,
+               total_params=counts.total)  # fmt: skip
+    if run_["best"] is not None:
+        t = run_["best"]
+        tps = batch * seq_len / t
+        flops = train_flops_per_token(cfg, seq_len) * tps
+        rec.update(step_s=t, tokens_per_s=tps, flops_per_s=flops, mfu=flops / peak)
+    return rec
+
+
+def bench_step(cfg, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048), dense_twin: bool = True) -> dict:
+    """Time the model (and its dense twin for an MoE) and the matmul peak in alternating rounds, so that all
+    see the same machine load; the best round of each counts. See the module docstring."""
+    models = {"model": cfg}
+    if cfg.is_moe and dense_twin:
+        models["dense"] = globals()["dense_twin"](cfg)
+    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes)
     out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "config": cfg.to_dict()}
     for key, c in models.items():
-        t = runs[key]["best"]
-        tps = batch * seq_len / t
-        flops = train_flops_per_token(c, seq_len) * tps
-        out[key] = dict(step_s=t, tokens_per_s=tps, flops_per_s=flops, mfu=flops / peak,
-                        compile_s=runs[key]["compile_s"], loss=runs[key]["loss"],
-                        active_params=param_counts(c).active, total_params=param_counts(c).total)  # fmt: skip
+        out[key] = _record(c, runs[key], seq_len, batch, peak)
     if "dense" in out:
         out["moe_dense_ratio"] = out["model"]["step_s"] / out["dense"]["step_s"]
+    return out
+
+
+def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024, 2048),
+                   strategies=DISPATCH_STRATEGIES, capacity_factor=1.25, max_flops_ratio=8.0):  # fmt: skip
+    """Issue 18: the dense model ``base`` (FFN width ``base.d_expert`` is replaced by each shape's
+    top_k·d_expert, which must be equal across shapes) against every (n_experts, top_k, d_expert) shape under
+    every strategy, all timed in the same alternating rounds. ``blocksparse`` records its block size."""
+    from moelab.model.dispatch.blocksparse import block_size
+
+    widths = {k * f for _, k, f in shapes}
+    if len(widths) != 1:
+        raise MoelabError(
+            f"dispatch shapes must share one activated width top_k·d_expert, got {sorted(widths)}"
+        )
+    dense = base.replace(n_experts=1, top_k=1, d_expert=widths.pop())
+    models = {"dense": dense}
+    for e, k, f in shapes:
+        for strategy in strategies:
+            models[f"E{e}-top{k}/{strategy}"] = base.replace(
+                n_experts=e, top_k=k, d_expert=f, dispatch=strategy, capacity_factor=capacity_factor
+            )
+    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio)
+    out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "capacity_factor": capacity_factor,
+           "max_flops_ratio": max_flops_ratio, "dense": _record(dense, runs["dense"], seq_len, batch, peak),
+           "shapes": {}}  # fmt: skip
+    t_dense, f_dense = out["dense"]["step_s"], out["dense"]["xla_flops"]
+    for e, k, f in shapes:
+        row = {"n_experts": e, "top_k": k, "d_expert": f, "block_size": block_size(seq_len * batch * k, e)}
+        for strategy in strategies:
+            key = f"E{e}-top{k}/{strategy}"
+            rec = _record(models[key], runs[key], seq_len, batch, peak)
+            rec["ratio"] = None if rec["step_s"] is None else rec["step_s"] / t_dense
+            # XLA counts a while loop's body once: blocksparse's loop over blocks has no meaningful count
+            countable = strategy != "blocksparse" and rec["xla_flops"] and f_dense
+            rec["xla_flops_ratio"] = rec["xla_flops"] / f_dense if countable else None
+            row[strategy] = rec
+        out["shapes"][f"E{e}-top{k}"] = row
     return out
 
 
@@ -273,6 +371,30 @@ def _print(res: dict) -> None:
                   f"active {m['active_params'] / 1e6:.2f}M  (compile {m['compile_s']:.1f} s)")  # fmt: skip
     if "moe_dense_ratio" in res:
         print(f"  MoE / dense step time: {res['moe_dense_ratio']:.3f}")
+
+
+def _print_dispatch(res: dict) -> None:
+    d = res["dense"]
+    print(f"dispatch: batch {res['batch']} x seq {res['seq_len']}; XLA float32 matmul peak "
+          f"{res['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; dense step {d['step_s'] * 1e3:.1f} ms, "
+          f"MFU {100 * d['mfu']:.1f}%; capacity factor {res['capacity_factor']}")  # fmt: skip
+    print("  shape          strategy      step ms   / dense   XLA FLOPs / dense")
+    for name, row in res["shapes"].items():
+        for strategy in DISPATCH_STRATEGIES:
+            if strategy not in row:
+                continue
+            r = row[strategy]
+            flops = "?" if r["xla_flops_ratio"] is None else f"{r['xla_flops_ratio']:.2f}"
+            if r["step_s"] is None:
+                timing = f"{'not timed':>17s}"
+            else:
+                timing = f"{r['step_s'] * 1e3:9.1f} {r['ratio']:8.3f}"
+            extra = f"  (b = {row['block_size']})" if strategy == "blocksparse" else ""
+            print(f"  {name:14s} {strategy:12s} {timing}   {flops:>8s}{extra}")
+
+
+def _load(avg) -> str:
+    return "/".join(f"{x:.1f}" for x in avg)
 
 
 def _write_json(path: Path, data: dict) -> None:

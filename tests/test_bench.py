@@ -2,7 +2,10 @@ import json
 
 import pytest
 
+from moelab.bench import bench_dispatch
 from moelab.cli import main
+from moelab.config import ModelConfig
+from moelab.errors import MoelabError
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "2", "--head-dim", "8",
         "--d-expert", "8", "--n-experts", "4", "--top-k", "2", "--vocab-size", "32"]  # fmt: skip
@@ -26,8 +29,34 @@ def test_bench_step_writes_moe_and_dense_figures(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left behind
 
 
+def test_bench_dispatch_times_every_strategy_against_one_dense_model():
+    base = ModelConfig(d_model=16, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=8, vocab_size=32,
+                       max_seq_len=8)  # fmt: skip
+    res = bench_dispatch(base, ((4, 1, 16), (8, 2, 8)), 8, 2, 1, 1, (64,), max_flops_ratio=1.5)
+    dense = res["dense"]
+    assert dense["step_s"] > 0
+    assert dense["mfu"] == pytest.approx(dense["flops_per_s"] / res["matmul_peak_flops"])
+    for name, e in (("E4-top1", 4), ("E8-top2", 8)):
+        row = res["shapes"][name]
+        for strategy in ("capacity", "blocksparse"):
+            assert row[strategy]["ratio"] == pytest.approx(row[strategy]["step_s"] / dense["step_s"])
+            assert row[strategy]["active_params"] == dense["active_params"] + 16 * e  # router aside, equal
+        # capacity pads to 1.25x the expert rows; CPU ragged_dot multiplies every row by every expert, which
+        # exceeds the 1.5x limit: compiled and counted, not timed
+        assert 1.0 < row["capacity"]["xla_flops_ratio"] < 1.5
+        assert row["dropless"]["step_s"] is None and row["dropless"]["xla_flops_ratio"] > 1.5
+    with pytest.raises(MoelabError, match="one activated width"):
+        bench_dispatch(base, ((4, 1, 16), (8, 2, 16)), 8, 2, 1, 1, (64,))
+
+
 @pytest.mark.parametrize(
-    "args", [["--steps", "0"], ["--preset", "nope"], ["--n-experts", "2", "--top-k", "3"]]
+    "args",
+    [
+        ["--steps", "0"],
+        ["--target", "dispatch", "--max-flops-ratio", "0"],
+        ["--preset", "nope"],
+        ["--n-experts", "2", "--top-k", "3"],
+    ],
 )
 def test_bench_bad_input_is_exit_2(args, tmp_path, capsys):
     out = tmp_path / "b.json"
