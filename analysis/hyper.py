@@ -23,6 +23,7 @@ Batch sizes are in tokens throughout (batch_size x seq_len), C in training FLOPs
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -664,3 +665,26 @@ def plan_hyper(cfg, name: str, *, seq: int, tokens: float | None = None, source=
         rec["batch_sequences"] = rec["batch_tokens"] / seq
     text = format_recommendation(rec, f"{name} ({float(tokens):.3g} tokens, seq {seq})")
     return rec, text + f"\n  fitted on {len(runs)} runs of {source}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m analysis.hyper export RESULTS_DIR OUT_DIR``: write ``export_hyper``'s rows."""
+    import argparse  # the command-line boundary
+
+    parser = argparse.ArgumentParser(prog="python -m analysis.hyper")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    exp = sub.add_parser("export", help="write runs.csv and noise.csv of a results folder (to commit)")
+    exp.add_argument("results", type=Path)
+    exp.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        for path in export_hyper(args.results, args.out):
+            print(path)
+    except MoelabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
