@@ -36,7 +36,10 @@ LAW_CHOICES = ("chinchilla", "isoflop", "clark", "granularity", "joint_moe", "sh
 def register(parser: argparse.ArgumentParser) -> None:
     add_input_args(parser)
     parser.add_argument(
-        "--law", default="chinchilla", choices=LAW_CHOICES, help="law to fit (default chinchilla)"
+        "--law",
+        default=None,
+        choices=LAW_CHOICES,
+        help="law to fit (default: chinchilla, or a --dataset's paper's law)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="all laws by held-out error, published laws beside them"
@@ -204,7 +207,8 @@ def _fmt(v: float) -> str:
 
 
 def _text(out: dict) -> str:
-    lines = [f"law {out['law']}: {out['n_points']} runs"]
+    how = f", Huber delta {out['delta']:g} on ln L" if "delta" in out else ""
+    lines = [f"law {out['law']}: {out['n_points']} runs{how}"]
     se, iv = out.get("stderr") or {}, out.get("intervals") or {}
     for k, v in out["params"].items():
         extra = f"  ± {_fmt(se[k])}" if k in se else ""
@@ -233,6 +237,7 @@ def run(args) -> int:
         warnings.simplefilter("always")
         df, ds = load_table(args)
         delta = args.delta if args.delta is not None else (ds.delta if ds is not None else DELTA)
+        args.law = args.law or (ds.law if ds is not None else "chinchilla")
         if not delta > 0:
             raise MoelabError(f"--delta must be > 0, got {args.delta}")
         if args.compare:

@@ -123,7 +123,7 @@ def test_cli_datasets_list_and_info(capsys):
 def test_dataset_and_csv_with_column_maps_give_identical_parameters(capsys):
     """Acceptance: ``--dataset clark-routing --law clark --json`` and the same via ``--csv`` and ``--col``."""
     d = datasets.get("clark-routing")
-    rc, out, err = _run(capsys, "fit", "--dataset", d.name, "--law", "clark", "--json")
+    rc, out, err = _run(capsys, "fit", "--dataset", d.name, "--json")  # the paper's law by default
     assert rc == 0, err
     by_name = json.loads(out)
     cols = [x for k, v in d.columns.items() for x in ("--col", f"{k}={v}")]
@@ -133,7 +133,7 @@ def test_dataset_and_csv_with_column_maps_give_identical_parameters(capsys):
     assert rc == 0, err
     by_csv = json.loads(out)
     assert by_name["params"] == by_csv["params"] and by_name["n_points"] == by_csv["n_points"] == 58
-    assert by_name["delta"] == by_csv["delta"] == 1e3
+    assert by_name["delta"] == by_csv["delta"] == 1e3 and by_name["law"] == "clark"
 
 
 def test_load_runs_errors_name_the_field():

@@ -23,6 +23,9 @@ def test_report_of_a_bundled_dataset_sets_published_laws_beside_fitted(tmp_path,
     assert re.search(r"\| clark \| c \| [-0-9.e]+ \| \[[-0-9.e]+, [-0-9.e]+\] \| clark2022 0.009 \|", sec)
     fits = json.loads((out / "fits.json").read_text())
     assert "published" in fits["sections"] and fits["n_runs"] == 58
+    sets = {s["set"]: s for s in fits["published"]["sets"]}
+    assert sets["clark2022"]["all_mean_abs_rel_err"] == pytest.approx(0.00694, abs=5e-5)  # 0.69% (paper fits)
+    assert {r["quantity"] for r in fits["published"]["exponents"]} == {"a", "b", "c"}
 
 
 def test_report_of_a_csv_with_a_column_map(tmp_path, capsys):

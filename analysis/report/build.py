@@ -338,12 +338,13 @@ def build_report(
     sections: list[Section | None] = [_sweep_section(data), _curves_section(data), _compute_section(data, an)]
     iso, minima = _isoflop_section(data)
     hyp, hyper_fits = hyper_section(data, n_boot=n_boot or 200)
+    pub, published_fits = published_section(data.ok, an)
     sections += [
         iso,
         _moe_section(data, an),
         _heldout_section(an, data.runs),
         _params_section(an),
-        published_section(data.ok, an),
+        pub,
         _extrapolation_section(an),
         _router_section(data),
         hyp,
@@ -354,6 +355,7 @@ def build_report(
     fits = an.to_json()
     fits["isoflop_minima"] = minima
     fits["hyper"] = hyper_fits
+    fits["published"] = published_fits
     fits["sections"] = [s.key for s in present]
     fits["summary"] = summary
     fits["n_runs"] = int(len(data.runs))
