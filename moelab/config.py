@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moelab.accounting import param_counts
-from moelab.errors import ConfigError, check
+from moelab.errors import ConfigError, check, shown
 
 #: The family's dense feed-forward width per unit of d_model: 8/3, the SwiGLU width that holds the parameters
 #: of a GELU MLP of width 4·d (Shazeer 2020; LLaMA). It defines
@@ -54,7 +54,7 @@ def dataclass_from_dict(cls, data: Any, what: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{what} config must be a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(shown, set(data) - known))
     check(
         not unknown,
         f"unknown {what} config field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}",

@@ -21,6 +21,13 @@ class ConfigError(MoelabError, ValueError):
     """An invalid configuration value. Also a ValueError so library callers can catch it as one."""
 
 
+def shown(key) -> str:
+    """A user-given key or name as an error message shows it: as written when it is printable text, else its
+    repr (a key holding a newline or control characters must not break the one-line message)."""
+    text = str(key)
+    return text if text and text.isprintable() else repr(key)
+
+
 def check(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds."""
     if not condition:

@@ -5,7 +5,7 @@ JAX's persistent compilation cache (enabled by importing moelab) keeps repeated 
 
 Skips are decisions, not accidents: every run ends with a ``moelab skips:`` line counting them, and under
 CI (``CI=true``) a skip whose test is not in :data:`ALLOWED_SKIPS` (a short list, each with its reason) fails
-the run. A machine that lacks what a test needs (Chromium, the reference data) must install it or fail.
+the run. A machine that lacks what a test needs (Chromium) must install it or fail.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import pytest  # noqa: E402
 import moelab  # noqa: E402,F401  (enables the compilation cache)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 #: Tests that may skip under CI: node id prefix -> why the skip is acceptable there. Keep it short.
 ALLOWED_SKIPS: dict[str, str] = {}
@@ -40,13 +39,6 @@ def allowed_skip(nodeid: str) -> bool:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"reference data folder {SHARED_DATA} is absent")
-    return SHARED_DATA
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moelab.errors import ConfigError
+from moelab.errors import ConfigError, shown
 
 GENERATORS = ("grid", "zip", "isoflop")
 #: ModelConfig fields that ModelConfig.from_budget derives (a preset's values give way to the budget's).
@@ -336,7 +336,7 @@ class _Errors:
         self.source = source
 
     def __call__(self, key: str, message: str) -> ConfigError:
-        prefix = f"{self.source}: {key}: " if key else f"{self.source}: "
+        prefix = f"{self.source}: {shown(key)}: " if key else f"{self.source}: "
         return ConfigError(prefix + message)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.config import dataclass_from_dict as _from_dict
-from moelab.errors import ConfigError, check
+from moelab.errors import ConfigError, check, shown
 from moelab.train.identity import NON_SEMANTIC, canonical, semantic, upgrade
 
 SCHEDULES = ("cosine", "wsd", "hunyuan", "constant")
@@ -259,7 +259,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"run config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"model", "data", "train"})
+        unknown = sorted(map(shown, set(data) - {"model", "data", "train"}))
         check(not unknown, f"unknown run config section(s) {', '.join(unknown)}; allowed: model, data, train")
         check("model" in data, "run config needs a 'model' section (a mapping or a preset name)")
         model = data["model"]
