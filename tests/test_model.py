@@ -14,6 +14,7 @@ from moelab.model import Transformer
 from moelab.model.attention import Attention
 from moelab.model.layers import rope
 from moelab.model.stats import RouterStats
+from moelab.parallel.remat import use_remat
 from moelab.presets import get_preset
 
 AXES = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "experts", "layers", "norm"}
@@ -183,8 +184,6 @@ def test_dense_model_reports_a_single_expert_taking_every_token():
 
 def test_remat_policy_changes_memory_not_gradients():
     """moelab.parallel.remat.use_remat reaches the scanned layers; the loss and gradients stay the same."""
-    from moelab.parallel.remat import use_remat
-
     model = Transformer(MOE, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, MOE.vocab_size)

@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
 from moelab.errors import ConfigError
+from moelab.model.hooks import constrain, layer_checkpoint
 from moelab.parallel.distributed import resolve_args
 from moelab.parallel.mesh import AXES, MeshShape, make_mesh, mesh_shape_of
+from moelab.parallel.remat import use_remat
 from moelab.parallel.rules import (
     ACTIVATION_RULES,
     PARAM_RULES,
     activation_sharding,
-    constrain,
     local_shape,
     spec_entries,
 )
@@ -109,7 +110,7 @@ def test_rules_give_valid_specs_matching_jax_shard_shape(dims, names, sizes):
                 assert local % mesh_sizes[a] != 0
 
 
-def test_constrain_is_identity_without_mesh_and_shards_inside():
+def test_the_model_constrain_hook_is_identity_without_mesh_and_shards_inside():
     x = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)
     assert constrain(x, ("batch", "embed")) is x
     mesh = make_mesh("data=2,expert=4")
@@ -197,8 +198,6 @@ def test_two_process_cluster_on_cpu(tmp_path):
 # ---------------------------------------------------------------- remat
 @pytest.mark.parametrize("policy", ["none", "minimal", "full"])
 def test_layer_checkpoint_follows_the_context_and_keeps_gradients(policy):
-    from moelab.parallel.remat import layer_checkpoint, use_remat
-
     def layer(w, x):
         return jnp.tanh(x @ w) @ w.T
 

@@ -4,6 +4,9 @@ the planner's per-chip parameter count."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +17,11 @@ from jax.sharding import AbstractMesh
 
 from moelab.config import ModelConfig
 from moelab.model import Transformer
+from moelab.model.dispatch.capacity import BUFFER_AXES, capacity_of
 from moelab.parallel.mesh import AXES, MeshShape, make_mesh
 from moelab.parallel.placement import Placement
 from moelab.parallel.planner import local_params
+from moelab.parallel.rules import ACTIVATION_RULES, local_shape
 from moelab.parallel.shard import abstract_state, per_device_params
 from moelab.presets import get_preset
 from moelab.train.step import make_train_step
@@ -42,18 +47,47 @@ def _placed(mesh, tx):
     return graphdef, state, rest, placement
 
 
+@contextlib.contextmanager
+def _fresh_compilation():
+    """Compile without the persistent cache: its keys leave out op metadata, so a cached executable could
+    carry the op names of another version of the code."""
+    old = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_compilation_cache", old)
+
+
 def _step(mesh, tx, lr, compiled_text=None):
     """One production step on ``mesh`` (None: one device): (params before, params after, metrics)."""
     graphdef, state, rest, placement = _placed(mesh, tx)
     before = jax.tree.map(jnp.copy, state[0])  # the step donates its state
     step = make_train_step(graphdef, tx, CFG, mesh=mesh, state_shardings=placement.shardings(state))
     args = (*state, rest, placement.batch(_batch()), np.int32(STEP), np.float32(lr), np.int32(SEED))
-    compiled = step.lower(*args).compile()
-    if compiled_text is not None:
+    if compiled_text is None:
+        compiled = step.lower(*args).compile()
+    else:
+        with _fresh_compilation():
+            compiled = step.lower(*args).compile()
         compiled_text.append(compiled.as_text())
     after, _, first_bad, metrics = compiled(*args)
     assert int(first_bad) == -1
     return before, after, jax.device_get(metrics)
+
+
+_INSTRUCTION = re.compile(r"= [a-z0-9]+\[([0-9,]*)\]\S* [a-z-]+\(.*op_name=\"([^\"]*)\"")
+
+
+def _forward_shapes(hlo: str, op: str) -> set[tuple[int, ...]]:
+    """Per-device shapes of the instructions the partitioned HLO attributes to the forward pass of ``op``
+    (a jax op name such as ``expert_buffers/ecd,edf->ecf``)."""
+    shapes = set()
+    for m in _INSTRUCTION.finditer(hlo):
+        dims, name = m.groups()
+        if f"/{op}/" in name and "transpose(" not in name:  # transpose(...): the backward pass
+            shapes.add(tuple(int(d) for d in dims.split(",") if d))
+    return shapes
 
 
 def _max_diff(a, b):
@@ -85,6 +119,18 @@ def test_sharded_step_gradients_equal_unsharded(mesh_text, reference):
                                                   CFG.d_model // shape.fsdp, CFG.d_expert // shape.tensor)
     if shape.expert > 1:  # expert parallelism: XLA moves tokens between expert shards by all-to-all
         assert "all-to-all" in text[0]
+    # The dispatch buffer [experts, capacity, embed] is laid out as the activation rules say (the model pins
+    # it with moelab.model.hooks.constrain): in the compiled per-device program the expert products run on
+    # n_experts / expert experts and capacity / (data x fsdp) slots. Without the constraint XLA split the
+    # experts alike but kept all the slots on every device (seen when this test was written).
+    n_tokens = _batch().shape[0] * (_batch().shape[1] - 1)
+    cap = capacity_of(n_tokens, CFG.top_k, CFG.n_experts, CFG.capacity_factor)
+    e_local, c_local, _ = local_shape((CFG.n_experts, cap, CFG.d_model), BUFFER_AXES, shape.as_dict(),
+                                      ACTIVATION_RULES)
+    assert (e_local, c_local) == (CFG.n_experts // shape.expert, cap // (shape.data * shape.fsdp))
+    shapes = {s for s in _forward_shapes(text[0], "expert_buffers/ecd,edf->ecf") if len(s) == 3}
+    assert shapes and all(s[0] == e_local for s in shapes), shapes
+    assert any(s[:2] == (e_local, c_local) for s in shapes), shapes
     for name in ("loss", "total_loss", "aux_loss", "z_loss", "grad_norm", "dropped_frac", "recycled_frac"):
         assert abs(float(m[name]) - float(m0[name])) <= TOL * max(1.0, abs(float(m0[name]))), name
     np.testing.assert_allclose(m["load"], m0["load"], atol=TOL)

@@ -31,10 +31,10 @@ from flax import nnx
 
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
+from moelab.model.hooks import constrain, layer_checkpoint
 from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, matmul, param
 from moelab.model.moe import MoE
 from moelab.model.stats import RouterStats
-from moelab.parallel.remat import layer_checkpoint
 
 
 class Layer(nnx.Module):
@@ -109,11 +109,12 @@ class Transformer(nnx.Module):
         if t > cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={cfg.max_seq_len}")
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = constrain(x, ("batch", "seq", "embed"))  # the residual stream is split over the batch
         key = jax.random.key(0) if router_key is None else router_key
         graphdef, state = nnx.split(self.blocks)
         n_blocks = cfg.n_layers // cfg.cla_share
 
-        @layer_checkpoint  # remat policy of an enclosing moelab.parallel.remat.use_remat (default none)
+        @layer_checkpoint  # the installed remat policy (moelab.model.hooks; none by default)
         def body(x, inputs):
             block_state, i = inputs
             block = nnx.merge(graphdef, block_state)

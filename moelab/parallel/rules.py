@@ -31,17 +31,20 @@ Resolution (``spec_for``): dimensions named ``experts`` are placed first, then t
 the candidate axes of its rule that are not used by another dimension, have size > 1 and keep the dimension
 divisible (a dimension that no axis divides is replicated: e.g. 8 KV heads with tensor = 16). This is the
 ``logical_axis_rules`` idea of Flax/MaxText, with divisibility handled so that any config gets a valid
-sharding.
+sharding. ``activation_sharding(mesh)`` installs the activation rules behind the model's ``constrain`` hook.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
 from moelab.errors import ConfigError
+from moelab.model import hooks
 
 Rules = Mapping[str, tuple[str, ...]]
 
@@ -124,45 +127,25 @@ def local_shape(
 
 def partition_spec(shape, names, mesh, rules: Rules = PARAM_RULES):
     """``jax.sharding.PartitionSpec`` of an array with logical ``names`` on ``mesh``."""
-    from jax.sharding import PartitionSpec
-
     return PartitionSpec(*spec_entries(shape, names, dict(mesh.shape), rules))
 
 
 def named_sharding(shape, names, mesh, rules: Rules = PARAM_RULES):
-    from jax.sharding import NamedSharding
-
     return NamedSharding(mesh, partition_spec(shape, names, mesh, rules))
 
 
 # ---------------------------------------------------------------- activation constraints
-_CONTEXT: contextvars.ContextVar[tuple[Any, Rules] | None] = contextvars.ContextVar(
-    "moelab_rules", default=None
-)
-
-
 @contextlib.contextmanager
 def activation_sharding(mesh, rules: Rules = ACTIVATION_RULES) -> Iterator[None]:
-    """Within this context (while tracing a jitted step), ``constrain`` pins activations to ``mesh``."""
-    token = _CONTEXT.set((mesh, rules))
-    try:
+    """Within this context (while tracing a jitted step) the model's hook
+    ``moelab.model.hooks.constrain(x, names)`` pins ``x`` to ``mesh`` by ``rules``
+    (``jax.lax.with_sharding_constraint``); outside it that hook is the identity, so single-device code is
+    unchanged. The model calls it where the communication pattern is decided: the embedding output
+    (batch-sharded) and a MoE layer's dispatch buffer ``("experts", "expert_tokens", "embed")``, which makes
+    XLA exchange tokens between expert shards by all-to-all."""
+
+    def pin(x, names):
+        return jax.lax.with_sharding_constraint(x, named_sharding(x.shape, names, mesh, rules))
+
+    with hooks.activation_constraint(pin):
         yield
-    finally:
-        _CONTEXT.reset(token)
-
-
-def constrain(x, names: Sequence[str | None]):
-    """``with_sharding_constraint`` of ``x`` by logical names; the identity outside ``activation_sharding``.
-
-    Model code may call it at the points that decide the communication pattern (after the embedding: batch;
-    the dispatch buffer of a MoE layer: ``("experts", "expert_tokens", "embed")``, which makes XLA exchange
-    tokens between expert shards by all-to-all). Without a mesh context it does nothing, so single-device
-    code is unchanged.
-    """
-    ctx = _CONTEXT.get()
-    if ctx is None:
-        return x
-    import jax
-
-    mesh, rules = ctx
-    return jax.lax.with_sharding_constraint(x, named_sharding(x.shape, names, mesh, rules))

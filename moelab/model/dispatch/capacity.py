@@ -26,6 +26,13 @@ import math
 import jax
 import jax.numpy as jnp
 
+from moelab.model.hooks import constrain
+
+# Logical names of the per-expert buffers: on a mesh, experts over the expert axis and each expert's slots
+# over the remaining batch axes (moelab.parallel.rules); the token exchange into and out of them is an
+# all-to-all.
+BUFFER_AXES = ("experts", "expert_tokens", "embed")
+
 
 def capacity_of(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
     """Slots per expert: ceil(capacity_factor · N · k / E), at least 1 and at most N · k."""
@@ -75,9 +82,10 @@ def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor, overfl
     token = jnp.arange(n * k) // k
     slot_token = jnp.full((n_slots,), n, jnp.int32).at[slot].set(token, mode="drop")
     x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
-    buf = x_pad[slot_token].reshape(n_experts, cap, d)
-    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, w_gate)) * jnp.einsum("ecd,edf->ecf", buf, w_up)
-    out = jnp.einsum("ecf,efd->ecd", h, w_down).reshape(n_slots, d)
+    with jax.named_scope("expert_buffers"):  # names the expert-parallel part in profiles and compiled HLO
+        buf = constrain(x_pad[slot_token].reshape(n_experts, cap, d), BUFFER_AXES)
+        h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buf, w_gate)) * jnp.einsum("ecd,edf->ecf", buf, w_up)
+        out = constrain(jnp.einsum("ecf,efd->ecd", h, w_down), BUFFER_AXES).reshape(n_slots, d)
     out_pad = jnp.concatenate([out, jnp.zeros((1, d), out.dtype)])
     weights = top_w.reshape(n * k)
     if probs is not None:  # a recycled assignment is weighted by the router probability where it lands
