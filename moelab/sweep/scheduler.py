@@ -29,6 +29,7 @@ from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_json, set_aside, write_json_atomic
 from moelab.sweep.store import write_table
 from moelab.sweep.trial import TRAINER_ENV, execute_trial, mark_failed, thread_env
+from moelab.train.trackers import check_available
 
 
 class SweepInterrupted(MoelabError):
@@ -130,6 +131,7 @@ def run_sweep(
 
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     trials = spec.trials()  # validates every config before anything starts
+    check_available(spec.tracker, "tracker")  # a tracker's package is missing: one line, nothing written
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         _probe(address)  # an unreachable cluster fails before anything is written
@@ -255,7 +257,7 @@ def _schedule(
                 while pending and len(inflight) < conc:
                     p = pending.popleft()
                     ref = remote.options(**options, name=f"trial-{p.run_id}").remote(
-                        p.trial.run.to_dict(), str(p.run_dir), trainer
+                        p.trial.run.to_dict(), str(p.run_dir), trainer, spec.tracker, spec.name
                     )
                     inflight[ref] = p
                     progress.started(p)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import ConfigError, shown
+from moelab.train.trackers import tracker_names
 
 GENERATORS = ("grid", "zip", "isoflop")
 #: ModelConfig fields that ModelConfig.from_budget derives (a preset's values give way to the budget's).
@@ -70,6 +71,7 @@ TOP_KEYS = (
     "max_concurrency",
     "retries",
     "estimate",
+    "tracker",
 )
 RESOURCE_KEYS = ("cpus", "gpus", "custom")
 ESTIMATE_KEYS = ("flops_per_s", "overhead_s")
@@ -135,6 +137,7 @@ class SweepSpec:
     overhead_s: float = DEFAULT_OVERHEAD_S
     description: str = ""
     source: str = "<spec>"
+    tracker: tuple[str, ...] = ()  # live trackers (moelab.train.trackers): not part of any run id
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -194,6 +197,10 @@ class SweepSpec:
         flops_per_s = _number(estimate.get("flops_per_s"), "estimate.flops_per_s", err, positive=True)
         overhead = _number(estimate.get("overhead_s", DEFAULT_OVERHEAD_S), "estimate.overhead_s", err)
         description = raw.get("description") or ""
+        try:
+            tracker = tracker_names(raw.get("tracker"), "tracker")
+        except ConfigError as exc:
+            raise err("", str(exc)) from None
         return cls(
             name=name,
             model=sections["model"],
@@ -210,6 +217,7 @@ class SweepSpec:
             overhead_s=float(overhead),
             description=str(description),
             source=source,
+            tracker=tracker,
         )
 
     # ------------------------------------------------------------------ expansion

@@ -61,8 +61,11 @@ def load_trainer(spec: str | None = None):
     return fn
 
 
-def execute_trial(run_dict: dict[str, Any], run_dir: str, trainer: str | None = None) -> dict[str, Any]:
-    """Train one run into ``run_dir`` (resuming from its checkpoints) and return its summary."""
+def execute_trial(
+    run_dict: dict[str, Any], run_dir: str, trainer: str | None = None, tracker=(), group: str | None = None
+) -> dict[str, Any]:
+    """Train one run into ``run_dir`` (resuming from its checkpoints) and return its summary; ``tracker``
+    (names, ``moelab.train.trackers``) and ``group`` (the sweep name) reach the trainer only when set."""
     from moelab.train.config import RunConfig
 
     run_dir_p = Path(run_dir)
@@ -84,7 +87,8 @@ def execute_trial(run_dict: dict[str, Any], run_dir: str, trainer: str | None = 
     run = RunConfig.from_dict(run_dict)
     with _log_to(run_dir_p / "trial.log"):
         try:
-            summary = fn(run, run_dir_p, progress=False)
+            extra = {"tracker": tuple(tracker), "group": group} if tracker else {}
+            summary = fn(run, run_dir_p, progress=False, **extra)
         except Exception as exc:  # noqa: BLE001 - recorded in summary.json, reported by the driver
             traceback.print_exc()
             summary = mark_failed(run_dir_p, f"{type(exc).__name__}: {exc}")

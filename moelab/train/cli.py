@@ -45,6 +45,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="override any config field, e.g. --set train.lr=1e-3 --set model.top_k=2 (repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar even in a terminal")
+    parser.add_argument(
+        "--tracker",
+        action="append",
+        metavar="NAME",
+        help="also log every metric live to tensorboard (RUN_DIR/tensorboard) or wandb (offline: "
+        "RUN_DIR/wandb); "
+        "repeatable; needs moelab[trackers]",
+    )
     par = parser.add_argument_group("parallelism (execution options: they do not change the run id)")
     par.add_argument(
         "--mesh", help="device mesh, e.g. data=2,expert=4 (axes data, fsdp, expert, tensor; docs/parallel.md)"
@@ -127,7 +135,12 @@ def run(args) -> int:
     from moelab.train.loop import run_training
 
     summary = run_training(
-        cfg, args.out, progress=False if args.no_progress else None, mesh=mesh, remat=remat
+        cfg,
+        args.out,
+        progress=False if args.no_progress else None,
+        mesh=mesh,
+        remat=remat,
+        tracker=args.tracker,
     )
     keys = (
         "status",

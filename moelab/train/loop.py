@@ -45,6 +45,7 @@ from moelab.train.metrics import (
     versions,
     write_json_atomic,
 )
+from moelab.train.trackers import check_available, tracker_names, with_trackers
 
 
 def _first_difference(a, b, prefix="") -> str:
@@ -154,7 +155,9 @@ def resolve_mesh(mesh, batch_size: int | None = None):
     return mesh
 
 
-def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: str = "none") -> dict:
+def run_training(
+    run: RunConfig, out_dir, *, progress=None, mesh=None, remat: str = "none", tracker=None, group=None
+) -> dict:
     """Train ``run`` into ``out_dir`` (resuming from its checkpoints) and return the summary dict.
 
     ``progress``: None shows a rich progress bar when stderr is a terminal, True/False force it on/off, and a
@@ -162,12 +165,15 @@ def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: st
     ``mesh``: None (one device), a mesh string such as ``"data=2,expert=4"``, a ``MeshShape`` or a
     ``jax.sharding.Mesh`` (``moelab.parallel.mesh``). ``remat``: ``none`` | ``minimal`` | ``full``
     (``moelab.parallel.remat``). Neither changes the result beyond float rounding, nor the run id.
+    ``tracker``: ``tensorboard`` | ``wandb`` or a list (``moelab.train.trackers``); ``group``: the sweep.
     Raises ConfigError (nothing written) for bad input; re-raises any error of the loop after recording it.
     """
     from moelab.parallel.remat import jax_policy
 
     out = Path(out_dir)
     jax_policy(remat)  # validates the name
+    tracker = tracker_names(tracker)
+    check_available(tracker)
     mesh = resolve_mesh(mesh, run.train.batch_size)
     resume = check_out_dir(run, out)
     if resume:
@@ -189,7 +195,8 @@ def run_training(run: RunConfig, out_dir, *, progress=None, mesh=None, remat: st
     if main:
         write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
-        summary = _train(run, out, data, eval_starts, summary, progress if main else False, mesh, remat, main)
+        bar = progress if main else False
+        summary = _train(run, out, data, eval_starts, summary, bar, mesh, remat, main, (tracker, group))
     except (KeyboardInterrupt, SystemExit):
         # An interruption is not a failure: the status stays ``running`` and the next start resumes from the
         # latest checkpoint.
@@ -272,7 +279,7 @@ def _base_summary(run: RunConfig, data) -> dict:
     }
 
 
-def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress, mesh, remat, main) -> dict:
+def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh, remat, main, track) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -319,6 +326,8 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary: dict, progress
     if main and metrics_path.exists():
         truncate_metrics(metrics_path, start)
     writer = MetricsWriter(metrics_path) if main else _MemoryWriter()
+    if main:  # live trackers see every row metrics.jsonl gets (moelab.train.trackers)
+        writer = with_trackers(writer, track[0], out, run.to_dict(), track[1], start)
     update_bar, close_bar = _progress_bar(progress, total_steps, start)
     peak = peak_flops()
 
