@@ -299,6 +299,72 @@ class CellOptima:
     grids: dict = field(default_factory=dict)  # cell index -> (log lr, log B, loss) points fitted
 
 
+def _near_optimum(x, y, loss, two_d: bool, rtol: float) -> np.ndarray | None:
+    """Mask of the runs within ``rtol`` of the best loss, widened until the quadratic is determined."""
+    best, p = loss.min(), 6 if two_d else 3
+
+    def determined(m, n):
+        if len(np.unique(x[m])) < 3 or m.sum() < n:
+            return False
+        return not two_d or (len(np.unique(y[m])) >= 3 and len(set(zip(x[m], y[m], strict=True))) >= 6)
+
+    while True:
+        m = loss <= best * (1 + rtol)
+        if determined(m, p + 1):  # at least one residual degree of freedom for the bootstrap
+            return m
+        if m.all():
+            return m if determined(m, p) else None
+        rtol *= 2
+
+
+def _fit_cell(x, y, loss, two_d: bool, near_rtol: float, n_boot: int, rng) -> dict | None:
+    """The quadratic's minimum (log lr, log B) on the near-optimal runs with its residual-bootstrap
+    replicates; None when no near set determines the fit."""
+    near = _near_optimum(x, y, loss, two_d, near_rtol)
+    if near is None:
+        return None
+    x, y, loss = x[near], y[near], loss[near]
+    xm, ym = x.mean(), y.mean()  # centred for conditioning
+    A = _design(x - xm, y - ym, two_d)
+    c = np.linalg.lstsq(A, loss, rcond=None)[0]
+    vx, vy = _vertex(c, two_d)
+    fitted = A @ c
+    # modified residuals (Davison & Hinkley 1997, alg. 6.3): leverage-corrected, centred
+    lev = np.einsum("ij,ji->i", A, np.linalg.pinv(A))
+    resid = (loss - fitted) / np.sqrt(np.clip(1 - lev, 1e-6, None))
+    resid -= resid.mean()
+    reps = np.full((n_boot, 2), np.nan)  # no residual left (as many runs as coefficients): no interval
+    for b in range(n_boot if len(loss) > A.shape[1] else 0):
+        bx, by = _vertex(np.linalg.lstsq(A, fitted + rng.choice(resid, len(resid)), rcond=None)[0], two_d)
+        reps[b] = (bx + xm, (by + ym) if two_d else y[0])
+    loss_opt = float("nan")
+    if math.isfinite(vx):
+        loss_opt = float((_design(np.array([vx]), np.array([vy if two_d else 0.0]), two_d) @ c)[0])
+    log_B = (vy + ym) if two_d else float(y[0])
+    return {
+        "vx": vx + xm,
+        "vy": log_B,
+        "eta": math.exp(vx + xm) if math.isfinite(vx) else float("nan"),
+        "B": math.exp(log_B) if math.isfinite(log_B) else float("nan"),
+        "loss_opt": loss_opt,
+        "inside_B": bool(two_d and math.isfinite(vy) and y.min() <= vy + ym <= y.max()),
+        "reps": reps,
+        "n_fit": int(len(loss)),
+    }
+
+
+def _cluster(values: np.ndarray, rtol: float = 0.05) -> np.ndarray:
+    """A label per value: sorted values within ``rtol`` of their cluster's smallest share its label."""
+    order = np.argsort(values, kind="stable")
+    labels = np.empty(len(values), np.int64)
+    label, first = -1, None
+    for i in order:
+        if first is None or values[i] > first * (1 + rtol):
+            label, first = label + 1, values[i]
+        labels[i] = label
+    return labels
+
+
 def _design(x, y, two_d: bool):
     if two_d:
         return np.column_stack([np.ones_like(x), x, y, x * x, y * y, x * y])
@@ -322,9 +388,15 @@ def cell_optima(
     cell_cols: tuple[str, ...] = CELL_COLS,
     n_boot: int = 200,
     seed: int = 0,
+    near_rtol: float = 0.1,
 ) -> CellOptima:
     """The loss optimum over (log lr, log B) of every cell with >= 3 learning rates (and >= 3 batch sizes for
-    a 2-D fit; a single batch size gives a parabola in log lr and B_opt = that batch)."""
+    a 2-D fit; a single batch size gives a parabola in log lr and B_opt = that batch).
+
+    A quadratic describes the surface near its minimum, not where a rate diverges or a tiny batch starves,
+    so each cell is fitted to its runs within ``near_rtol`` of its best loss (DeepSeek LLM 2024 fit their
+    near-optimal region too), widened by factors of 2 until the fit is determined (>= 3 learning rates, and
+    >= 3 batch sizes and 6 distinct points for the 2-D fit)."""
     need = {"lr", "batch_size", "seq_len", loss_col, *cell_cols}
     missing = sorted(need - set(df.columns))
     if missing:
@@ -332,53 +404,49 @@ def cell_optima(
     df = df[np.isfinite(df[loss_col].astype(float))].copy()
     df["_B"] = df["batch_size"].astype(float) * df["seq_len"].astype(float)
     df["_C"] = compute_of(df)
+    # A run's tokens are whole steps of its batch, so one cell's runs differ by up to a batch: group the
+    # sweep's nominal values where recorded, else values within 5% of each other.
+    keys = []
+    for c in cell_cols:
+        nominal = f"nominal_{c}"
+        src = df[nominal] if nominal in df and df[nominal].notna().all() else df[c]
+        df[f"_k_{c}"] = _cluster(src.astype(float).to_numpy())
+        keys.append(f"_k_{c}")
     rng = np.random.default_rng(seed)
     rows, samples, grids = [], [], {}
-    for key, g in df.groupby(list(cell_cols), sort=True):
+    for _, g in df.groupby(keys, sort=True):
         x, y = np.log(g["lr"].astype(float).to_numpy()), np.log(g["_B"].to_numpy())
         loss = g[loss_col].astype(float).to_numpy()
-        nx, ny = len(np.unique(x)), len(np.unique(y))
-        if nx < 3 or ny == 2:
+        if len(np.unique(x)) < 3 or len(np.unique(y)) == 2:
             continue  # too few learning rates, or two batch sizes (a line in log B has no minimum)
-        two_d = ny >= 3
-        if two_d and len(set(zip(x, y, strict=True))) < 6:
+        two_d = len(np.unique(y)) >= 3
+        fit = _fit_cell(x, y, loss, two_d, near_rtol, n_boot, rng)
+        kind = "lr x batch" if two_d else "lr only"
+        if two_d and (fit is None or not fit["inside_B"]):
+            # no valley in log B inside the sizes tried: the LR optimum at the best batch, B_opt at that edge
+            at = y == y[np.argmin(loss)]
+            one = _fit_cell(x[at], y[at], loss[at], False, near_rtol, n_boot, rng)
+            if one is not None:
+                fit, kind = one, "lr at the best batch (B optimum not inside)"
+        if fit is None:
             continue
-        xm, ym = x.mean(), y.mean()  # centred for conditioning
-        A = _design(x - xm, y - ym, two_d)
-        c = np.linalg.lstsq(A, loss, rcond=None)[0]
-        vx, vy = _vertex(c, two_d)
-        fitted = A @ c
-        # modified residuals (Davison & Hinkley 1997, alg. 6.3): leverage-corrected, centred
-        lev = np.einsum("ij,ji->i", A, np.linalg.pinv(A))
-        resid = (loss - fitted) / np.sqrt(np.clip(1 - lev, 1e-6, None))
-        resid -= resid.mean()
-        reps = np.full((n_boot, 2), np.nan)
-        for b in range(n_boot):
-            cb = np.linalg.lstsq(A, fitted + rng.choice(resid, len(resid)), rcond=None)[0]
-            bx, by = _vertex(cb, two_d)
-            reps[b] = (bx + xm, (by + ym) if two_d else y[0])
-        eta = math.exp(vx + xm) if math.isfinite(vx) else float("nan")
-        B = (math.exp(vy + ym) if math.isfinite(vy) else float("nan")) if two_d else float(np.exp(y[0]))
-        loss_opt = float("nan")
-        if math.isfinite(vx):
-            loss_opt = float((_design(np.array([vx]), np.array([vy if two_d else 0.0]), two_d) @ c)[0])
-        key = key if isinstance(key, tuple) else (key,)
         rows.append(
             {
-                **dict(zip(cell_cols, key, strict=True)),
+                **{c: float(np.median(g[c].astype(float))) for c in cell_cols},
                 "flops": float(np.median(g["_C"])),
                 "n_runs": len(g),
-                "eta_opt": eta,
-                "B_opt": B,
-                "loss_opt": loss_opt,
-                "kind": "lr x batch" if two_d else "lr only",
-                "inside_lr": bool(math.isfinite(vx) and x.min() <= vx + xm <= x.max()),
-                "inside_B": bool(two_d and math.isfinite(vy) and y.min() <= vy + ym <= y.max()),
+                "eta_opt": fit["eta"],
+                "B_opt": fit["B"],
+                "loss_opt": fit["loss_opt"],
+                "kind": kind,
+                "inside_lr": bool(math.isfinite(fit["vx"]) and x.min() <= fit["vx"] <= x.max()),
+                "inside_B": bool(kind == "lr x batch" and y.min() <= fit["vy"] <= y.max()),
                 "best_run_loss": float(loss.min()),
+                "n_fit": fit["n_fit"],
             }
         )
+        samples.append(fit["reps"])
         grids[len(rows) - 1] = (x, y, loss)
-        samples.append(reps)
     table = pd.DataFrame(rows)
     arr = np.stack(samples, axis=1) if samples else np.zeros((n_boot, 0, 2))
     return CellOptima(table=table, samples=arr, grids=grids)
@@ -394,7 +462,7 @@ def fit_hyper_laws(opt: CellOptima, *, confidence: float = 0.95) -> tuple[dict[s
     in_B = t["inside_B"].to_numpy(bool)
     for i in np.flatnonzero(~in_lr):
         notes.append(f"cell {_cell_label(t.iloc[i])}: the LR optimum is outside the rates tried (left out)")
-    for i in np.flatnonzero(in_lr & ~in_B & (t["kind"] == "lr x batch").to_numpy()):
+    for i in np.flatnonzero(in_lr & ~in_B & (t["kind"] != "lr only").to_numpy()):
         notes.append(
             f"cell {_cell_label(t.iloc[i])}: the batch optimum is outside the sizes tried (left out of B_opt)"
         )

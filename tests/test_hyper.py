@@ -291,3 +291,24 @@ def test_export_of_a_results_folder_round_trips(tmp_path):
     assert sorted(runs["lr"]) == [1e-3, 3e-3, 1e-2] and sorted(runs["b_simple"]) == [100.0, 200.0, 300.0]
     assert len(points) == 6 and set(points["step"]) == {20, 30}  # the first 20% of each run left out
     assert hyper.main(["export", str(tmp_path / "nope"), str(tmp_path / "out2")]) == 2
+
+
+def test_cells_group_jittered_tokens_fit_near_the_optimum_and_fall_back_at_a_batch_edge():
+    cells = _cells()[:1]
+    df = _surface(cells, LRS, BATCHES)
+    df["tokens"] = df["tokens"] + df["batch_size"] * SEQ  # whole steps: a cell's tokens differ by a batch
+    diverged = df["lr"] == LRS[-1]
+    df.loc[diverged, "loss"] += 3.0  # the top rate blows up: far from quadratic
+    opt = hyper.cell_optima(df, n_boot=10)
+    t = opt.table
+    assert len(t) == 1 and t["n_fit"][0] < len(df)  # one cell; the blown-up runs are not fitted
+    assert t["eta_opt"][0] == pytest.approx(cells[0]["eta"], rel=1e-6)
+    assert t["B_opt"][0] == pytest.approx(cells[0]["B"], rel=1e-6)
+    # loss falling with the batch all the way down: no valley in log B inside the grid
+    mono = _surface([{**cells[0], "B": 1.0}], LRS, BATCHES)
+    t = hyper.cell_optima(mono, n_boot=10).table
+    assert t["kind"][0].startswith("lr at the best batch")
+    assert t["B_opt"][0] == pytest.approx(BATCHES[0] * SEQ)
+    assert not t["inside_B"][0] and t["inside_lr"][0]
+    laws, notes = hyper.fit_hyper_laws(hyper.cell_optima(mono, n_boot=10))
+    assert any("batch optimum is outside" in n for n in notes)
