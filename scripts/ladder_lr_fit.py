@@ -1,4 +1,5 @@
-"""The ladder's learning-rate law from its LR search: ``python scripts/ladder_lr_fit.py data/ladder/ladder-lr``.
+"""The ladder's learning-rate law from its LR search:
+``python scripts/ladder_lr_fit.py data/ladder/ladder_lr``.
 
 Each (size, E) cell of sweeps/ladder_lr.yaml tried four rates a factor 2 apart; ``analysis.hyper.cell_optima``
 fits a parabola of the held-out loss in log LR per cell (with a residual bootstrap of its vertex), and

@@ -32,9 +32,9 @@ def run_id(run: Any) -> str:
 
 
 def slug(run: Any) -> str:
-    """``E{experts}k{top_k}[s{shared}]-N{active}-D{tokens}-lr{lr}-s{seed}``: what a person reads."""
+    """``E{experts}k{top_k}[sh{shared}]-N{active}-D{tokens}-lr{lr}-s{seed}``: what a person reads."""
     m = run.model
-    shared = f"s{m.n_shared_experts}" if m.n_shared_experts else ""
+    shared = f"sh{m.n_shared_experts}" if m.n_shared_experts else ""
     return (
         f"E{m.n_experts}k{m.top_k}{shared}-N{_short(param_counts(m).active)}-D{_short(run.budget_tokens())}"
         f"-lr{_short(run.train.lr)}-s{run.train.seed}"
