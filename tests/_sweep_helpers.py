@@ -4,6 +4,8 @@
 ``succeeded``; ``diverged`` when ``train.lr >= 1``; an exception when ``train.seed == 13``) and a checkpoint
 folder per ``checkpoint_every`` steps (written to a temporary name, then renamed, as orbax does), resumes
 from the latest checkpoint, and sleeps ``MOELAB_FAKE_STEP_S`` seconds per step so tests can kill it mid-run.
+With ``MOELAB_FAKE_OOM_CGROUP`` set (a memory cgroup folder), the run with ``train.seed == 7`` joins it
+and allocates four times its limit, so that the kernel OOM-kills the worker.
 The loss is a deterministic function of config and step: a resumed run logs what an uninterrupted one would.
 """
 
@@ -34,6 +36,13 @@ def fake_training(run, out_dir, *, progress=None) -> dict:
     base = {"status": "running", "steps": steps, "active_params": None, "versions": {"moelab": "test"}}
     write_json_atomic(out / "summary.json", base)
     delay = float(os.environ.get("MOELAB_FAKE_STEP_S", "0"))
+    cgroup = os.environ.get("MOELAB_FAKE_OOM_CGROUP")
+    if cgroup and run.train.seed == 7:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+        limit = int(Path(cgroup, "memory.limit_in_bytes").read_text())
+        hog = bytearray(4 * limit)
+        for i in range(0, len(hog), 4096):  # touch every page: the memory is really used
+            hog[i] = 1
     if run.train.seed == 13:
         raise RuntimeError("injected failure for seed 13")
     threads = {k: os.environ.get(k) for k in ("PJRT_NPROC", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}

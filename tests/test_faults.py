@@ -7,11 +7,14 @@ process) must end equal to the reference.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -246,3 +249,112 @@ def test_disk_full_while_checkpointing_logging_or_starting(runs, tmp_path):
     assert s["status"] == "succeeded" and abs(s["eval_loss"] - ref["eval_loss"]) < 1e-6
     steps = [r["step"] for r in read_metrics(out / "E" / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, STEPS + 1))
+
+
+# ---------------------------------------------------------------- a damaged runs.parquet
+def test_a_damaged_runs_parquet_is_rebuilt_from_the_run_folders_and_nothing_retrained(tmp_path):
+    import warnings
+
+    import moelab.results
+    from moelab.sweep.spec import SweepSpec
+    from moelab.sweep.store import write_table
+    from tests._sweep_helpers import fake_training
+
+    spec_path = tmp_path / "tbl.yaml"
+    spec_path.write_text(json.dumps({
+        "name": "tbl", "model": {"vocab_size": 256, "max_seq_len": 64},
+        "train": {"seq_len": 32, "batch_size": 4, "checkpoint_every": 5},
+        "axes": {"active_params": [2e4, 3e4, 4e4], "tokens": [32 * 4 * 10]},
+    }))  # fmt: skip
+    sweep = tmp_path / "r" / "tbl"
+    for trial in SweepSpec.from_file(spec_path).trials():  # finished run folders (the stand-in trainer's)
+        fake_training(trial.run, sweep / "runs" / trial.run_id)
+    table = write_table(sweep)
+    want = moelab.results.load(sweep).sort_values("run_id").reset_index(drop=True)
+    assert len(want) == 3 and want["loss"].notna().all()
+    stamps = {p: p.stat().st_mtime_ns for p in (sweep / "runs").rglob("*")}
+
+    def same_table():
+        got = moelab.results.load(table).sort_values("run_id").reset_index(drop=True)
+        return list(got["run_id"]) == list(want["run_id"]) and list(got["loss"]) == list(want["loss"])
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env["MOELAB_SWEEP_TRAINER"] = "tests._sweep_helpers:fake_training"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])  # cut short, as by a crash
+    with pytest.warns(UserWarning, match="unreadable.*--rebuild"):  # readers fall back to the run folders
+        assert same_table()
+    done = subprocess.run([sys.executable, "-m", "moelab", "sweep", "status", str(sweep), "--rebuild"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and "rebuilt" in done.stderr, done.stdout + done.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same_table()
+
+    table.write_bytes(b"PAR1 not a parquet file")  # garbage: the next `sweep run` rewrites it, trains nothing
+    cmd = [sys.executable, "-m", "moelab", "sweep", "run", str(spec_path), "--results", str(tmp_path / "r"),
+           "--no-live"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "nothing to run" in done.stderr, done.stdout + done.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same_table()
+    assert stamps == {p: p.stat().st_mtime_ns for p in (sweep / "runs").rglob("*")}  # no run folder touched
+
+
+# ---------------------------------------------------------------- a worker killed by the kernel's OOM killer
+@pytest.fixture
+def memory_cgroup():
+    """A memory cgroup limited to 64 MiB (cgroup v1's memory controller; needs root)."""
+    root = Path("/sys/fs/cgroup/memory")
+    if not (root / "cgroup.procs").is_file() or not os.access(root, os.W_OK):
+        pytest.skip("no writable cgroup v1 memory controller (needs root) to OOM-kill a worker in")
+    group = root / f"moelab-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(64 * 2**20))
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        time.sleep(0.5)
+        group.rmdir()
+
+
+@pytest.mark.slow  # two sweep drivers with an embedded Ray each
+def test_an_oom_killed_trial_is_failed_with_the_reason_the_sweep_goes_on_and_rerun_failed_retries(
+    tmp_path, memory_cgroup
+):
+    from moelab.sweep.spec import SweepSpec
+
+    spec_path = tmp_path / "oom.yaml"
+    spec_path.write_text(json.dumps({
+        "name": "oom", "model": {"vocab_size": 256, "max_seq_len": 64},
+        "train": {"seq_len": 32, "batch_size": 4, "checkpoint_every": 5},
+        "axes": {"active_params": [2e4], "tokens": [32 * 4 * 10]}, "seeds": [0, 7],
+        "resources": {"cpus": 1}, "max_concurrency": 1, "retries": 1,
+    }))  # fmt: skip
+    trials = SweepSpec.from_file(spec_path).trials()
+    runs = {t.run.train.seed: tmp_path / "r" / "oom" / "runs" / t.run_id for t in trials}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env["MOELAB_SWEEP_TRAINER"] = "tests._sweep_helpers:fake_training"
+    cmd = [sys.executable, "-m", "moelab", "sweep", "run", str(spec_path), "--results", str(tmp_path / "r"),
+           "--no-live", "--num-cpus", "1"]  # fmt: skip
+
+    done = subprocess.run(cmd, env={**env, "MOELAB_FAKE_OOM_CGROUP": str(memory_cgroup)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = done.stdout + done.stderr
+    assert done.returncode == 1 and "1 succeeded, 1 failed" in log, log
+    ok, oom = (json.loads((runs[s] / "summary.json").read_text()) for s in (0, 7))
+    assert ok["status"] == "succeeded"  # the sweep went on
+    assert oom["status"] == "failed" and "out of memory: the kernel's OOM killer" in oom["error"], oom["error"]
+    assert len((runs[7] / "attempts.jsonl").read_text().splitlines()) == 2  # the first try and Ray's retry
+    assert int((memory_cgroup / "memory.failcnt").read_text()) > 0  # the limit was really hit
+
+    again = subprocess.run([*cmd, "--rerun-failed"], env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+    log = again.stdout + again.stderr
+    assert again.returncode == 0 and "1 succeeded, 0 failed" in log, log
+    assert json.loads((runs[7] / "summary.json").read_text())["status"] == "succeeded"
+    (kept,) = (tmp_path / "r" / "oom" / "failed").iterdir()  # the failed attempt is kept aside
+    assert json.loads((kept / "summary.json").read_text())["status"] == "failed"

@@ -35,6 +35,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-live", action="store_true", help="plain log lines instead of the live panel")
     status = sub.add_parser("status", help="state of every run of a sweep (by name, folder or spec file)")
     status.add_argument("name", help="sweep name (results/NAME), its folder, or its spec file")
+    status.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rewrite runs.parquet from the run folders (after it was lost or damaged); trains nothing",
+    )
     for p in (plan, run, status):
         p.add_argument("--results", default="results", help="results root (default: results)")
     for p in (plan, run):
@@ -134,6 +139,11 @@ def _status(args) -> int:
             )
     else:
         raise MoelabError(f"sweep {name!r}: no results folder {folder} and no spec file {spec_file}")
+    if args.rebuild:
+        from moelab.sweep.store import write_table
+
+        table = write_table(folder)
+        print(f"rebuilt {table} from {len(rows)} run folder(s)", file=sys.stderr)
     table = Table(title=f"sweep {folder.name} ({folder})", title_justify="left")
     for col in ("run_id", "state", "experts", "top_k", "active", "tokens", "loss", "wall"):
         table.add_column(col, justify="left" if col in ("run_id", "state") else "right")

@@ -28,7 +28,7 @@ from moelab.sweep.plan import PlannedRun, duration, make_plan, sweep_dir
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_json, set_aside, write_json_atomic
 from moelab.sweep.store import write_table
-from moelab.sweep.trial import TRAINER_ENV, execute_trial, mark_failed, thread_env
+from moelab.sweep.trial import TRAINER_ENV, death_reason, execute_trial, mark_failed, thread_env
 from moelab.train.trackers import check_available
 
 
@@ -267,10 +267,12 @@ def _schedule(
                     try:
                         summary = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # retries exhausted: the worker kept dying
+                        why = death_reason(p.run_dir)  # e.g. the kernel's OOM killer, which Ray cannot see
                         summary = mark_failed(
                             p.run_dir,
-                            f"worker lost after {spec.retries} retries: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                            f"worker lost after {spec.retries} retries"
+                            + (f" ({why})" if why else "")
+                            + f": {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                         )
                     status = summary.get("status", "failed")
                     outcome["trained"] += 1

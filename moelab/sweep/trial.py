@@ -76,6 +76,7 @@ def execute_trial(
         "host": socket.gethostname(),
         "start_step": steps[-1] if steps else 0,
         "time": time.time(),
+        "oom_kills": oom_kills(),
     }
     with open(run_dir_p / "attempts.jsonl", "a") as f:
         f.write(json.dumps(attempt) + "\n")
@@ -96,6 +97,35 @@ def execute_trial(
             mark_interrupted(run_dir_p)
             raise
     return dict(summary or read_summary(run_dir_p) or {})
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed on this host since boot (``/proc/vmstat``
+    ``oom_kill``, Linux >= 4.13; memory-cgroup kills included), or None where it is not available."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def death_reason(run_dir: Path) -> str:
+    """What the host says about a worker that died without a word: an OOM kill during its last attempt (the
+    kernel's counter went up since the attempt started, on this host), else ""."""
+    try:
+        last = json.loads((Path(run_dir) / "attempts.jsonl").read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return ""
+    before, now = last.get("oom_kills"), oom_kills()
+    if last.get("host") != socket.gethostname() or before is None or now is None or now <= before:
+        return ""
+    return (
+        f"out of memory: the kernel's OOM killer killed {now - before} process(es) on this host during the "
+        "trial's last attempt"
+    )
 
 
 def mark_failed(run_dir: Path, error: str) -> dict[str, Any]:
