@@ -44,6 +44,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare", action="store_true", help="all laws by held-out error, published laws beside them"
     )
+    parser.add_argument("--laws", metavar="A,B", help="with --compare: the laws to rank (default: all)")
+    parser.add_argument(
+        "--starts", type=int, metavar="S", help="cap on each law's grid of L-BFGS starts (default: full grid)"
+    )
     parser.add_argument(
         "--bootstrap", type=int, default=0, metavar="N", help="bootstrap refits for intervals"
     )
@@ -208,17 +212,24 @@ def _fmt(v: float) -> str:
 
 def _text(out: dict) -> str:
     how = f", Huber delta {out['delta']:g} on ln L" if "delta" in out else ""
-    lines = [f"law {out['law']}: {out['n_points']} runs{how}"]
+    dom = out.get("domain") or {}
+    where = f" ({dom['text']})" if dom.get("rule", "all") != "all" else ""
+    lines = [f"law {out['law']}: {out['n_points']} runs{where}{how}"]
     se, iv = out.get("stderr") or {}, out.get("intervals") or {}
+    bound = set(out.get("on_bound") or ())
     for k, v in out["params"].items():
         extra = f"  ± {_fmt(se[k])}" if k in se else ""
         extra += f"  [{_fmt(iv[k][0])}, {_fmt(iv[k][1])}]" if k in iv else ""
+        extra += "  ON A BOUND of the fit (not an estimate)" if k in bound else ""
         lines.append(f"  {k:>8} = {_fmt(v)}{extra}")
     if "holdout" in out:
         h = out["holdout"]
+        civ = h.get("mean_abs_rel_error_interval")
         lines.append(
-            f"held out {h['n_held_out']} highest-compute runs (fit on {h['n_train']}): RMSE {h['rmse']:.4g}, "
-            f"mean |rel err| {h['mean_abs_rel_error']:.3%}"
+            f"held out {h['n_held_out']} highest-compute runs per stratum (fit on {h['n_train']}): "
+            f"RMSE {h['rmse']:.4g}, mean |rel err| {h['mean_abs_rel_error']:.3%}"
+            + (f" [{civ[0]:.3%}, {civ[1]:.3%}]" if civ else "")
+            + f", median {h['median_abs_rel_error']:.3%}, max {h['max_abs_rel_error']:.3%}"
         )
         for r in h["runs"]:
             lines.append(
@@ -240,6 +251,8 @@ def run(args) -> int:
         args.law = args.law or (ds.law if ds is not None else "chinchilla")
         if not delta > 0:
             raise MoelabError(f"--delta must be > 0, got {args.delta}")
+        if args.starts is not None and args.starts < 1:
+            raise MoelabError(f"--starts {args.starts}: must be an integer >= 1")
         if args.compare:
             out, text = _compare(df, args, delta)
         else:
@@ -247,9 +260,13 @@ def run(args) -> int:
                 if args.law == "isoflop":
                     raise MoelabError("--holdout is not available for --law isoflop")
                 kw = _holdout_kw(args.holdout)
-                res = holdout(df, args.law, delta=delta, bootstrap=args.bootstrap, seed=args.seed, **kw)
+                opts = {"bootstrap": args.bootstrap, "seed": args.seed, "max_starts": args.starts}
+                res = holdout(df, args.law, delta=delta, **opts, **kw)
+            elif args.law == "isoflop":
+                res = fit(df, args.law, bootstrap=args.bootstrap, seed=args.seed)
             else:
-                res = fit(df, args.law, delta=delta, bootstrap=args.bootstrap, seed=args.seed)
+                opts = {"bootstrap": args.bootstrap, "seed": args.seed, "max_starts": args.starts}
+                res = fit(df, args.law, delta=delta, **opts)
             out = res.to_dict()
             if args.law != "isoflop":
                 out["delta"] = delta
@@ -283,48 +300,56 @@ def _count(v) -> str:
 def _split_text(kw: dict) -> str:
     if kw.get("threshold") is not None:
         return f"every run with compute >= {kw['threshold']:.3g}"
-    return f"the top {kw['fraction']:.0%} of runs by compute"
+    return f"the top {kw['fraction']:.0%} of each stratum's runs (dense, MoE) by compute"
 
 
 def _compare(df, args, delta: float) -> tuple[dict, str]:
-    """``--compare``: every law fitted on the same split and ranked by held-out error, the published sets
+    """``--compare``: every law fitted on the same split and ranked by held-out error
+    (:func:`analysis.validate.rank_laws`, the same ranking as ``moelab report``), the published sets
     evaluated on the same held-out runs, and the exponents side by side."""
     import pandas as pd
 
-    from analysis.compare import default_holdout, exponent_rows, exponent_table, published_rows
-    from analysis.validate import compare_laws, split_by_compute
+    from analysis.compare import exponent_rows, exponent_table, published_rows
+    from analysis.validate import DEFAULT_LAWS, default_split, rank_laws, ranking_rows
 
-    kw = _holdout_kw(args.holdout) if args.holdout is not None else default_holdout(df)
-    results: dict = {}
-    table = compare_laws(df, results=results, delta=delta, bootstrap=args.bootstrap, seed=args.seed, **kw)
-    table.insert(1, "fit", "fitted")
-    _, test = split_by_compute(df, **kw)
+    kw = _holdout_kw(args.holdout) if args.holdout is not None else default_split(df)
+    laws = DEFAULT_LAWS if args.laws is None else [x.strip() for x in args.laws.split(",")]
+    opts = {"delta": delta, "bootstrap": args.bootstrap, "seed": args.seed, "max_starts": args.starts}
+    ranking = rank_laws(df, laws, **opts, **kw)
+    test = ranking.heldout_rows(df)
     pub = pd.DataFrame(published_rows(df, test))
-    exps = exponent_rows(results)
-    out = {
-        "compare": table.to_dict(orient="records"),
+    exps = exponent_rows(ranking.results)
+    out = ranking.to_dict() | {
         "published": pub.to_dict(orient="records"),
         "exponents": exps,
         "holdout": {k: v for k, v in kw.items() if v is not None},
         "delta": delta,
     }
-    shown = pd.concat([table, pub], ignore_index=True)
-    done = shown[shown["skipped"].isna()]
-    rows = pd.DataFrame(
-        {
-            "law": done["law"],
-            "fit": done["fit"],
-            "params": done["n_params"].astype(int),
-            "train runs": done.get("n_train", pd.Series(dtype=float)).map(_count),
-            "held out": done["n_held_out"].map(_count),
-            "held-out RMSE": done["held_out_rmse"].map(lambda v: f"{v:.4g}"),
-            "mean |rel err|": done["held_out_mean_abs_rel_error"].map(lambda v: f"{v:.3%}"),
-        }
+    done = pub[pub["skipped"].isna()] if "skipped" in pub else pub
+    rows = (
+        pd.DataFrame(
+            {
+                "law": done["law"],
+                "fit": done["fit"],
+                "held out": done["n_held_out"].map(_count),
+                "held-out RMSE": done["held_out_rmse"].map(lambda v: f"{v:.4g}"),
+                "mean |rel err|": done["held_out_mean_abs_rel_error"].map(lambda v: f"{v:.3%}"),
+            }
+        )
+        if len(done)
+        else pd.DataFrame()
     )
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        text = f"held out: {_split_text(kw)}; published sets are not fitted (0 params)\n"
-        text += rows.to_string(index=False)
-        for _, r in shown[shown["skipped"].notna()].iterrows():
+        text = f"held out: {_split_text(kw)} ({len(ranking.heldout_ids)} runs)\n"
+        text += ranking_rows(ranking).to_string(index=False)
+        text += f"\nbest law ({ranking.basis}): {ranking.best}" if ranking.best else "\nbest law: none ranked"
+        for note in ranking.notes:
+            text += f"\n  {note}"
+        if len(rows):
+            text += "\n\npublished sets on the same held-out runs (not fitted)\n" + rows.to_string(
+                index=False
+            )
+        for _, r in (pub[pub["skipped"].notna()] if "skipped" in pub else pub.iloc[:0]).iterrows():
             text += f"\n  not evaluated: {r['law']} ({r['fit']}): {r['skipped']}"
         if exps:
             note = "" if args.bootstrap else " (intervals: add --bootstrap N)"

@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis.laws import CLARK_E_MAX, CLARK_E_START, LAWS, log_e_hat
 from analysis.published import PUBLISHED, Published
-from analysis.validate import compute_of
+from analysis.validate import default_split
 
 __all__ = [
     "EXPONENTS", "default_holdout", "exponent_rows", "exponent_table", "predict_published", "published_rows",
@@ -198,13 +198,6 @@ def exponent_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def default_holdout(df: pd.DataFrame, fraction: float = 0.2) -> dict:
-    """How a table's largest runs are held out: every run at the largest N when all runs share one token
-    count (at fixed D compute orders runs by N), else the top ``fraction`` by compute. Keyword arguments of
-    :func:`analysis.validate.split_by_compute`."""
-    tokens = np.asarray(df["tokens"], dtype=np.float64)
-    if np.ptp(tokens) == 0:
-        C = compute_of(df)
-        N = np.asarray(df["active_params"], dtype=np.float64)
-        largest = np.isclose(N, N.max(), rtol=1e-12)
-        return {"fraction": None, "threshold": float(C[largest].min())}
-    return {"fraction": fraction, "threshold": None}
+    """How a table's largest runs are held out (:func:`analysis.validate.default_split`, which holds the rule;
+    this keeps the bench's 20% default)."""
+    return default_split(df, fraction)

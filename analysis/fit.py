@@ -19,6 +19,7 @@ from functools import cache
 
 import numpy as np
 
+from analysis.domain import Domain, check_variation, law_domain
 from analysis.laws import Law, get_law
 from analysis.lbfgs import minimize_batch
 from moelab.errors import MoelabError
@@ -103,7 +104,9 @@ def prepare(df, law: Law, loss_col: str = "loss") -> FitData:
     """Validate ``df`` for ``law`` and build its features; NaN losses are dropped with a warning.
 
     Errors (MoelabError, one line): a missing column, non-positive or non-finite features, a column the law
-    needs that is constant, fewer points than parameters + 1.
+    needs to vary with fewer than two distinct levels (:func:`analysis.domain.check_variation`: nominal sweep
+    values where the table has them, so G = 1.01..1.10 from rounding is one level), fewer points than
+    parameters + 1.
     """
     missing = [c for c in (*law.columns, loss_col) if c not in df.columns]
     if missing:
@@ -128,11 +131,7 @@ def prepare(df, law: Law, loss_col: str = "loss") -> FitData:
             raise MoelabError(f"column {c} has NaN/inf values in runs with a finite {loss_col}")
         if c in ("active_params", "tokens", "granularity", "n_experts") and np.any(v <= 0):
             raise MoelabError(f"column {c} must be > 0 for law {law.name}")
-    for c in law.needs_variation:
-        v = np.asarray(df[c], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        if v.size and np.ptp(v) == 0:
-            raise MoelabError(f"column {c} is constant ({v[0]:g}); law {law.name} needs it to vary")
+    check_variation(df, law)  # distinct nominal levels, not rounding noise
     if len(loss) < law.n_params + 1:
         raise MoelabError(
             f"law {law.name} has {law.n_params} parameters and needs at least {law.n_params + 1} runs; "
@@ -157,6 +156,16 @@ class FitResult:
     bootstrap: object | None = None  # analysis.bootstrap.Bootstrap
     holdout: object | None = None  # analysis.validate.Holdout
     top_thetas: np.ndarray | None = None  # best distinct end points (bootstrap restarts)
+    domain: Domain | None = None  # the runs of the table the law was fitted on (analysis.domain)
+
+    @property
+    def on_bound(self) -> list[str]:
+        """Reported parameters whose optimisation coordinate sits on the law's box (within 1e-6 of its width):
+        the optimum is the bound, not an interior minimum, and the value is not an estimate."""
+        lo, hi = np.array(self.law.bounds).T
+        tol = 1e-6 * (hi - lo)
+        hit = (self.theta <= lo + tol) | (self.theta >= hi - tol)
+        return [_reported_name(self.law, r) for r, h in zip(self.law.raw, hit, strict=True) if h]
 
     @property
     def n_points(self) -> int:
@@ -187,13 +196,25 @@ class FitResult:
             "n_starts": self.n_starts,
             "n_converged": self.n_converged,
             "warnings": list(self.warnings),
+            "on_bound": self.on_bound,
         }
+        if self.domain is not None:
+            out["domain"] = self.domain.to_dict()
         if self.bootstrap is not None:
             out["n_bootstrap"] = self.bootstrap.n
             out["confidence"] = self.bootstrap.confidence
         if self.holdout is not None:
             out["holdout"] = self.holdout.to_dict()
         return out
+
+
+def _reported_name(law: Law, raw: str) -> str:
+    """The reported parameter a raw coordinate encodes (``log_a`` -> ``a``; Chinchilla's ``e`` -> ``E``)."""
+    name = raw.removeprefix("log_")
+    for p in law.params:
+        if p == name:
+            return p
+    return next((p for p in law.params if p.lower() == name.lower()), raw)
 
 
 def _distinct_best(x: np.ndarray, f: np.ndarray, k: int) -> np.ndarray:
@@ -301,6 +322,8 @@ def fit(
 ) -> FitResult:
     """Fit ``law`` to a runs DataFrame (see :func:`analysis.load_runs`).
 
+    The law is fitted on its domain of the runs (:func:`analysis.domain.law_domain`: Chinchilla's law on the
+    dense runs of a table that mixes architectures, Clark's on one token budget); ``res.domain`` says which.
     ``law='isoflop'`` runs Chinchilla's Approach 2 instead (:func:`analysis.isoflop.fit_isoflop`).
     With ``bootstrap=B`` the law is refitted to B resamples of the runs (:func:`analysis.bootstrap.bootstrap`)
     and the result carries standard errors and percentile intervals at ``confidence``.
@@ -310,7 +333,9 @@ def fit(
 
         return fit_isoflop(df, bootstrap=bootstrap, confidence=confidence, seed=seed, loss_col=loss_col)
     law = get_law(law)
-    res = fit_arrays(law, prepare(df, law, loss_col), delta=delta, max_starts=max_starts)
+    dom = law_domain(law, df)
+    res = fit_arrays(law, prepare(df[dom.mask], law, loss_col), delta=delta, max_starts=max_starts)
+    res.domain = dom
     if bootstrap:
         from analysis.bootstrap import bootstrap as run_bootstrap
 

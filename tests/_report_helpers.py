@@ -39,8 +39,10 @@ def synthetic_results(tmp_path_factory, *, small: bool = True, seed: int = 0, **
     return _CACHE[key]
 
 
-# Two laws, few starts and resamples: the report tests check the report's plumbing, analysis/ tests the fits.
-FAST_REPORT = {"n_boot": 8, "max_starts": 16, "laws": ["chinchilla", "clark"]}
+# Three laws, few starts and resamples: the report tests check its plumbing, analysis/ tests the fits.
+# granularity covers every held-out run (it can be ranked); chinchilla (dense runs) and clark (one token
+# budget) are fitted on their domains and listed.
+FAST_REPORT = {"n_boot": 8, "max_starts": 16, "laws": ["chinchilla", "clark", "granularity"]}
 
 
 def synthetic_report(tmp_path_factory) -> tuple[Path, Path, list[str]]:

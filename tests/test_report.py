@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from _report_helpers import FAST_REPORT, synthetic_report, synthetic_results
 
+from analysis.isoflop import _group_minimum, isoflop_minima
 from analysis.report import figures as F
 from analysis.report.synthetic import TrueLaw, synthetic_grid, write_synthetic_results
 from moelab.cli import main
@@ -122,6 +123,7 @@ def test_sections_shown_for_the_data(report):
     html = (folder / "index.html").read_text()
     ids = re.findall(r'<section id="([a-z]+)">', html)
     want = [
+        "claims",
         "sweep",
         "curves",
         "compute",
@@ -144,7 +146,7 @@ def test_sections_shown_for_the_data(report):
     assert fits["sections"] == ids
     assert fits["n_runs"] == len(pd.read_parquet(root / "runs.parquet"))
     # the minima of the IsoFLOP parabolas move right (to larger models) with compute
-    n_opt = [m["n_opt"] for m in fits["isoflop_minima"]]
+    n_opt = [m["N_opt"] for m in sorted(fits["isoflop_minima"], key=lambda m: m["C"])]
     assert len(n_opt) >= 2 and n_opt == sorted(n_opt)
 
 
@@ -195,14 +197,14 @@ def test_cli_report_writes_and_prints_summary(tmp_path, capsys):
         "--starts",
         "8",
         "--laws",
-        "chinchilla",
+        "granularity",
         "--out",
         str(out_dir),
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"report: {out_dir / 'index.html'}" in out
-    assert "best law: chinchilla" in out
+    assert "best law: granularity" in out
     assert out.count("\n") == 4 and (tmp_path / "out" / "index.html").is_file()
 
 
@@ -224,7 +226,7 @@ def test_cli_report_bad_input_is_one_line_exit_2(tmp_path, capsys, make):
     assert not (root / "report").exists()
 
 
-# ---------------------------------------------------------------- figure helpers against slow references
+# ---------------------------------------------------------------- IsoFLOP profiles against slow references
 def test_isoflop_parabola_minimum_matches_a_grid_search():
     rng = np.random.default_rng(1)
     for _ in range(20):
@@ -232,16 +234,17 @@ def test_isoflop_parabola_minimum_matches_a_grid_search():
         c = rng.uniform(0.05, 0.5)
         x0 = rng.uniform(np.log(2e4), np.log(5e6))
         loss = 3.0 + c * (np.log(n) - x0) ** 2 + rng.normal(0, 0.003, len(n))
-        got = F.isoflop_parabola(pd.DataFrame({"active_params": n, "loss": loss}))
+        got = _group_minimum(np.log(n), np.log(1e12 / n), loss)
         assert got is not None
         coef = np.polyfit(np.log(n), loss, 2)
         xs = np.linspace(np.log(n).min() - 3, np.log(n).max() + 3, 400_001)
         ys = np.polyval(coef, xs)
-        assert math.log(got[0]) == pytest.approx(xs[ys.argmin()], abs=1e-4)
-        assert got[1] == pytest.approx(ys.min(), abs=1e-9)
+        assert got[0] == pytest.approx(xs[ys.argmin()], abs=1e-4)
+        assert got[2] == pytest.approx(ys.min(), abs=1e-9)
+        assert got[1] == pytest.approx(np.log(1e12) - got[0], abs=1e-9)  # D* from the budget's own cost
     # a concave profile has no minimum
     n = np.geomspace(1e4, 1e6, 5)
-    assert F.isoflop_parabola(pd.DataFrame({"active_params": n, "loss": -(np.log(n) ** 2)})) is None
+    assert _group_minimum(np.log(n), np.log(1e12 / n), -(np.log(n) ** 2)) is None
 
 
 def test_isoflop_groups_match_a_brute_force_grouping():
@@ -259,11 +262,12 @@ def test_isoflop_groups_match_a_brute_force_grouping():
                         "granularity": 1.0,
                         "flops": c * rng.uniform(0.97, 1.03),
                         "active_params": n,
-                        "loss": 3.0,
+                        "tokens": c / (6 * n),
+                        "loss": 3.0 + 0.1 * (np.log(n) - np.log(3e5)) ** 2,
                     }
                 )
     df = pd.DataFrame(rows)
-    got = {frozenset(g["run_id"]) for g in F.isoflop_groups(df)}
+    got = {frozenset(ids) for ids in isoflop_minima(df)["run_ids"]}
     want = set()
     for _, g in df.groupby(["n_experts", df["run_id"].str.split("-").str[1]]):
         if g["active_params"].nunique() >= 3:
@@ -271,12 +275,64 @@ def test_isoflop_groups_match_a_brute_force_grouping():
     assert got == want
 
 
-def test_sig2_rounding_matches_string_formatting():
-    x = pd.Series(np.random.default_rng(3).uniform(1, 1e9, 500))
-    want = x.map(lambda v: float(f"{v:.1e}"))
-    np.testing.assert_allclose(F._sig2(x), want, rtol=1e-12)
-
-
 def test_sci_labels():
     assert F.sci(3.0e12) == "3.0e12" and F.sci(52e9) == "5.2e10" and F.sci(1.5) == "1.5"
     assert F.sci(float("nan")) == "—" and F.sci(0) == "0"
+
+
+# ---------------------------------------------------------------- one code path, and the words
+@pytest.mark.slow
+def test_fit_compare_and_report_rank_the_laws_identically(report, capsys):
+    """``moelab fit --compare`` and ``moelab report`` are one code path (analysis.validate.rank_laws): on
+    the same runs with the same options they hold out the same runs and rank the laws in the same order with
+    the same errors and intervals."""
+    root, folder, _ = report
+    fits = json.loads((folder / "fits.json").read_text())
+    argv = ["fit", str(root), "--compare", "--json", "--laws", ",".join(FAST["laws"])]
+    argv += ["--starts", str(FAST["max_starts"]), "--bootstrap", str(FAST["n_boot"])]
+    capsys.readouterr()
+    assert main(argv) == 0
+    cli = json.loads(capsys.readouterr().out)
+    rep = fits["ranking"]
+    assert cli["best"] == rep["best"] == fits["best_law"] and cli["best"] is not None
+    assert cli["heldout_run_ids"] == rep["heldout_run_ids"] == fits["heldout_run_ids"]
+    assert [r["law"] for r in cli["compare"]] == [r["law"] for r in rep["compare"]]
+    for a, b in zip(cli["compare"], rep["compare"], strict=True):
+        for k in ("held_out_mean_abs_rel_error", "held_out_lo", "held_out_hi", "n_train", "ranked"):
+            va, vb = a.get(k), b.get(k)
+            if isinstance(va, float) and math.isfinite(va):
+                assert va == pytest.approx(vb, rel=1e-9), (a["law"], k)
+            else:
+                assert (vb is None or vb != vb or vb == va), (a["law"], k)
+
+
+# sentences that explain a result by the size of the models, which the runs do not measure
+BLAME = re.compile(
+    r"too small|tiny|(at|of) (this|these|such) (small )?scales?|small[- ]scale|"
+    r"because of (the )?(size|scale)|will not pin",
+    re.I,
+)
+
+
+@pytest.mark.slow
+def test_report_says_what_the_runs_can_claim(report):
+    root, folder, _ = report
+    md = (folder / "report.md").read_text()
+    assert not BLAME.search(md), BLAME.search(md)
+    claims = md[md.index("## What these runs can and cannot claim") : md.index("## The sweep")]
+    fits = json.loads((folder / "fits.json").read_text())
+    s = fits["scope"]
+    assert f"{s['n_dense']} dense, {s['n_moe']} MoE" in claims and "decades" in claims
+    assert "activated non-embedding parameter count" in claims  # the N convention
+    assert "beyond the largest run here" in claims and "hunyuan-large" in claims
+    assert "0.5305" in claims and "0.5 " in claims  # the paper's exponents beside the sweep's
+    # every parameter on a bound is flagged in the parameters table and in the words
+    for name, law in fits["laws"].items():
+        if law["on_bound"]:
+            assert f"{name}: {', '.join(law['on_bound'])}" in claims
+    params = md[md.index("**Parameters**") :]
+    flagged = params.count("YES: not an estimate")
+    assert flagged == sum(len(law["on_bound"]) for law in fits["laws"].values())
+    # every exponent has a 95% interval
+    for name, law in fits["laws"].items():
+        assert set(law["intervals"]) == set(law["params"]), name

@@ -113,3 +113,22 @@ def test_threads_follow_the_trial_cpus_and_concurrency_is_capped(tmp_path):
         spans.append((start, (d / "summary.json").stat().st_mtime))
     spans.sort()
     assert all(nxt[0] >= prev[1] - 1e-3 for prev, nxt in zip(spans, spans[1:], strict=False))  # one at a time
+
+
+def test_runs_table_carries_each_axis_nominal_value(tmp_path):
+    """The requested axis values reach runs.parquet as nominal_<axis> (the realised ones are rounded by the
+    family rule), also for a finished run whose folder predates axes.json."""
+    import pandas as pd
+
+    from analysis.domain import n_levels
+
+    s = spec("nominal", sizes=(2e4, 3e4))
+    run_sweep(s, tmp_path, trainer=TRAINER, live=False)
+    runs = {t.point["active_params"]: tmp_path / s.name / "runs" / t.run_id for t in s.trials()}
+    df = pd.read_parquet(tmp_path / "nominal" / "runs.parquet")
+    assert sorted(df["nominal_active_params"]) == [2e4, 3e4] and (df["nominal_tokens"] == 20 * 32 * 4).all()
+    assert not set(df["active_params"]) & {20000, 30000}  # realised sizes differ from the requested ones
+    assert "nominal_seed" not in df and n_levels(df, "active_params") == 2
+    (runs[2e4] / "axes.json").unlink()
+    assert run_sweep(s, tmp_path, trainer=TRAINER, live=False)["skipped"] == 2
+    assert json.loads((runs[2e4] / "axes.json").read_text())["active_params"] == 2e4

@@ -4,19 +4,22 @@ read from it. ``build_report(results_dir)`` is the library entry point behind ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.report import figures as F
+from analysis.report.claims import claims_section, isoflop_rows
 from analysis.report.data import ResultsData, load_results
 from analysis.report.fits import Analysis, analyse
 from analysis.report.hyper import hyper_section
 from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
+from analysis.validate import ranking_rows
 
-__all__ = ["build_report", "summary_lines"]
+__all__ = ["SECTIONS", "build_report", "summary_lines"]
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -110,40 +113,56 @@ def _compute_section(data: ResultsData, an: Analysis) -> Section | None:
     return Section("compute", "Loss against compute", lead, figures=[("loss_vs_compute", fig)])
 
 
-def _isoflop_section(data: ResultsData) -> tuple[Section | None, list[dict]]:
-    fig, minima = F.isoflop(data.ok)
-    if fig is None:
-        return None, []
+def _isoflop_section(data: ResultsData, an: Analysis) -> Section | None:
+    m = an.isoflop_minima
+    if m is None or m.empty:
+        return None
+    fig = F.isoflop(data.ok, m)
     rows = pd.DataFrame(
-        [
-            {
-                "compute C": F.sci(m["flops"]),
-                "runs": m["points"],
-                "N at minimum": F.sci(m["n_opt"]),
-                "loss at minimum": f"{m['loss_min']:.3f}",
-                "minimum inside the sizes tried": _fmt(m["inside_range"]),
-            }
-            for m in minima
-        ]
+        {
+            "architecture": m["arch"],
+            "compute C": m["C"].map(F.sci),
+            "runs": m["n_runs"],
+            "N at minimum": m["N_opt"].map(F.sci),
+            "D at minimum (the budget's own cost)": m["D_opt"].map(F.sci),
+            "loss at minimum": m["L_min"].map(lambda v: f"{v:.3f}"),
+            "minimum inside the sizes tried": m["inside"].map(_fmt),
+        }
     )
+    tables = [("Parabola minima in log N (analysis.isoflop)", rows)]
+    exps = isoflop_rows(an, an.extrapolation["name"] if an.extrapolation else None)
+    if exps:
+        caption = "Allocation exponents through the interior minima, 95% bootstrap intervals"
+        tables.append((caption, pd.DataFrame(exps)))
     sec = Section(
         "isoflop",
         "IsoFLOP curves",
         "At a fixed compute budget loss is U-shaped in model size (Chinchilla Approach 2); the diamonds mark "
-        "the compute-optimal size, which should move right as compute grows.",
-        figures=[("isoflop", fig)],
-        tables=[("Parabola minima in log N", rows)] if len(rows) else [],
+        "each budget's loss-minimising size, and the power laws through them give how the compute-optimal "
+        "N and D grow with compute.",
+        figures=[("isoflop", fig)] if fig is not None else [],
+        tables=tables,
     )
-    if any(not m["inside_range"] for m in minima):
+    if not m["inside"].all():
         sec.notes.append(
-            "A minimum outside the sizes tried is an extrapolation of the parabola: widen the "
-            "ladder at that budget before trusting it."
+            "A minimum outside the sizes tried is an extrapolation of the parabola and is left out of the "
+            "power laws: widen the size grid at that budget."
         )
-    return sec, minima
+    return sec
 
 
 def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
-    fig = F.moe_effects(data.ok, an.clark, an.clark_label)
+    clark = an.results.get("clark")
+    curve = None
+    if clark is not None:
+
+        def curve(e, g, _res=clark):
+            n = float(g["active_params"].median())
+            return np.asarray(
+                _res.predict(pd.DataFrame({"active_params": np.full(len(e), n), "n_experts": e}))
+            )
+
+    fig = F.moe_effects(data.ok, curve, "Clark et al. (2022) law fitted to the sweep", an.clark_tokens)
     if fig is None:
         return None
     sec = Section(
@@ -153,10 +172,12 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
         "means the knob buys loss at no extra activated compute.",
         figures=[("moe_effects", fig)],
     )
-    if an.clark_params:
+    if clark is not None:
+        where = clark.domain.text if clark.domain is not None else "all runs"
         sec.notes.append(
-            "Clark et al. (2022) fit log L = a·log N + b·log Ê + c·log N·log Ê + d: "
-            + ", ".join(f"{k} = {_fmt(v)}" for k, v in an.clark_params.items())
+            "Clark et al. (2022) fit log L = a·log N + b·log Ê + c·log N·log Ê + d, a law without a data "
+            f"term; it was fitted on {where}, and its lines are drawn only at that token budget: "
+            + ", ".join(f"{k} = {_fmt(v)}" for k, v in clark.params.items())
         )
     return sec
 
@@ -185,15 +206,16 @@ def _heldout_section(an: Analysis, runs: pd.DataFrame | None = None) -> Section 
     return Section(
         "heldout",
         "Held-out validation",
-        f"Laws were fitted without the {ho['run_id'].nunique()} largest-compute runs and asked to predict "
-        "them: stars near the diagonal and small bars mean the law extrapolates, not just interpolates.",
+        f"Laws were fitted without the {ho['run_id'].nunique()} runs at the top of the compute range of each "
+        "stratum (dense and MoE) and asked to predict them, each law on the runs of its own domain: markers "
+        "near the diagonal and small bars mean the law extrapolates, not just interpolates.",
         figures=[("heldout", fig)] if fig is not None else [],
         tables=[("Held-out predictions", rows)],
     )
 
 
 def _params_section(an: Analysis) -> Section | None:
-    if not an.laws:
+    if not an.laws or an.ranking is None:
         return None
     rows = []
     for law in an.laws:
@@ -205,34 +227,23 @@ def _params_section(an: Analysis) -> Section | None:
                     "parameter": name,
                     "estimate": _fmt(value, 4),
                     "95% interval": f"[{_fmt(lo, 4)}, {_fmt(hi, 4)}]" if lo is not None else "—",
+                    "on a bound of the fit": "YES: not an estimate" if name in law.on_bound else "no",
                 }
             )
-    comp = pd.DataFrame(
-        [
-            {
-                "law": law.name,
-                "fit points": law.n_fit,
-                "held-out runs": law.n_heldout,
-                "held-out mean |rel. error|": f"{law.heldout_err:.2%}"
-                if law.heldout_err is not None
-                else "—",
-                "in-sample mean |rel. error|": f"{law.train_err:.2%}" if law.train_err is not None else "—",
-                "formula": law.formula,
-            }
-            for law in sorted(an.laws, key=lambda x: (x.heldout_err is None, x.heldout_err or 0))
-        ]
+    lead = (
+        "Every law ranked on the same held-out runs (moelab fit --compare prints the same table), then its "
+        "fitted parameters with 95% bootstrap intervals (resampling runs); "
     )
-    lead = "Every law's fitted parameters with 95% bootstrap intervals (resampling runs); "
     lead += (
         f"{an.best} predicts the held-out runs best."
-        if an.best
+        if an.best and an.ranking.basis == "held-out"
         else "no law could be ranked on held-out error."
     )
     return Section(
         "params",
         "Fitted laws",
         lead,
-        tables=[("Held-out comparison", comp), ("Parameters", pd.DataFrame(rows))],
+        tables=[("Held-out comparison", ranking_rows(an.ranking)), ("Parameters", pd.DataFrame(rows))],
         notes=an.notes,
     )
 
@@ -295,26 +306,63 @@ def summary_lines(an: Analysis) -> list[str]:
     """The three-line summary printed by ``moelab demo`` and shown at the top of the report."""
     best = next((law for law in an.laws if law.name == an.best), None)
     ex = an.extrapolation
-    return [
-        f"best law: {an.best}" if best else "best law: none (too few finished runs to fit)",
-        f"held-out error: {best.heldout_err:.2%} mean |relative error| on {best.n_heldout} held-out runs"
-        if best and best.heldout_err is not None
-        else "held-out error: —",
-        f"extrapolated loss at {ex.get('name')}: {ex['loss']:.3f} nats/token"
-        + (f" (95% [{ex['loss_lo']:.3f}, {ex['loss_hi']:.3f}])" if ex.get("loss_lo") is not None else "")
-        + (
-            " — the fit sits on a parameter bound: read it as a warning (see Fitted laws)"
-            if _edgy(an, ex)
-            else ""
+    if best is not None and best.heldout_err is not None and best.ranked:
+        iv = best.heldout_interval
+        held = (
+            f"held-out error: {best.heldout_err:.2%} mean |relative error|"
+            + (f" (95% [{iv[0]:.2%}, {iv[1]:.2%}])" if iv else "")
+            + f" on {best.n_heldout} held-out runs at the top of the compute range (dense and MoE)"
         )
-        if ex
-        else "extrapolated loss: —",
-    ]
+    else:
+        held = "held-out error: —"
+    line3 = "extrapolated loss: —"
+    if ex:
+        line3 = f"extrapolated loss at {ex.get('name')}: {ex['loss']:.3f} nats/token" + (
+            f" (95% [{ex['loss_lo']:.3f}, {ex['loss_hi']:.3f}])" if ex.get("loss_lo") is not None else ""
+        )
+        if ex.get("on_bound"):
+            line3 += f" — {', '.join(ex['on_bound'])} of {ex['law']} on a bound of the fit: not an estimate"
+    if best is None and an.laws:
+        line1 = "best law: none ranked (no fitted law covers every held-out run: see Fitted laws)"
+    elif best is None:
+        line1 = "best law: none (too few finished runs to fit)"
+    else:
+        line1 = f"best law: {an.best}" + ("" if best.ranked else " (in-sample: nothing held out)")
+    return [line1, held, line3]
 
 
-def _edgy(an: Analysis, ex: dict) -> bool:
-    res = an.results.get(ex.get("law"))
-    return bool(res is not None and any("edge" in w or "bound" in w for w in res.warnings))
+#: The report's sections in order: (key, builder). A builder takes (ResultsData, Analysis) and returns a
+#: Section or None (left out). Another module adds its section with one line here, e.g.
+#: ``("hyper", hyper.section)`` after ``from analysis.report import hyper``.
+SECTIONS: list[tuple[str, Callable[[ResultsData, Analysis], Section | None]]] = [
+    ("claims", claims_section),
+    ("sweep", lambda data, an: _sweep_section(data)),
+    ("curves", lambda data, an: _curves_section(data)),
+    ("compute", _compute_section),
+    ("isoflop", _isoflop_section),
+    ("moe", _moe_section),
+    ("heldout", lambda data, an: _heldout_section(an, data.runs)),
+    ("params", lambda data, an: _params_section(an)),
+    ("published", lambda data, an: _published(data, an)),
+    ("extrapolation", lambda data, an: _extrapolation_section(an)),
+    ("router", lambda data, an: _router_section(data)),
+    ("hyper", lambda data, an: _hyper(data, an)),
+    ("repro", lambda data, an: _repro_section(data)),
+]
+
+
+def _published(data: ResultsData, an: Analysis) -> Section | None:
+    """analysis.report.published's section; its fits.json entry goes to ``an.extra["published"]``."""
+    sec, fits = published_section(data.ok, an)
+    an.extra["published"] = fits
+    return sec
+
+
+def _hyper(data: ResultsData, an: Analysis) -> Section | None:
+    """analysis.report.hyper's section; its fits.json entry goes to ``an.extra["hyper"]``."""
+    sec, fits = hyper_section(data, n_boot=an.n_boot or 200)
+    an.extra["hyper"] = fits
+    return sec
 
 
 def build_report(
@@ -335,27 +383,11 @@ def build_report(
     of runs, :mod:`analysis.report.table`) instead of reading ``results_dir``."""
     data = load_results(results_dir) if data is None else data
     an = analyse(data, target=target, n_boot=n_boot, max_starts=max_starts, laws=laws)
-    sections: list[Section | None] = [_sweep_section(data), _curves_section(data), _compute_section(data, an)]
-    iso, minima = _isoflop_section(data)
-    hyp, hyper_fits = hyper_section(data, n_boot=n_boot or 200)
-    pub, published_fits = published_section(data.ok, an)
-    sections += [
-        iso,
-        _moe_section(data, an),
-        _heldout_section(an, data.runs),
-        _params_section(an),
-        pub,
-        _extrapolation_section(an),
-        _router_section(data),
-        hyp,
-        _repro_section(data),
-    ]
-    present = [s for s in sections if s is not None]
+    present = [sec for _, build in SECTIONS if (sec := build(data, an)) is not None]
     summary = summary_lines(an)
-    fits = an.to_json()
-    fits["isoflop_minima"] = minima
-    fits["hyper"] = hyper_fits
-    fits["published"] = published_fits
+    fits = an.to_json() | an.extra
+    if an.isoflop_minima is not None:
+        fits["isoflop_minima"] = an.isoflop_minima.to_dict(orient="records")
     fits["sections"] = [s.key for s in present]
     fits["summary"] = summary
     fits["n_runs"] = int(len(data.runs))

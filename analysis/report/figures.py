@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.domain import levels
+
 STYLE = {
     "figure.dpi": 100,
     "savefig.dpi": 150,
@@ -194,9 +196,6 @@ def _plain_log_y(ax) -> None:
         ax.yaxis.set_minor_formatter(FormatStrFormatter(""))
 
 
-ARCH = ("n_experts", "top_k", "n_shared_experts", "granularity")
-
-
 def _arch_label(g: pd.DataFrame) -> str:
     r = g.iloc[0]
     if int(r.get("n_experts", 1)) <= 1:
@@ -206,103 +205,47 @@ def _arch_label(g: pd.DataFrame) -> str:
     )
 
 
-def isoflop_groups(ok: pd.DataFrame, min_points: int = 3, tol_dex: float = 0.06) -> list[pd.DataFrame]:
-    """Runs of one architecture (experts, top_k, shared, granularity) grouped by compute budget (within
-    ``tol_dex`` decades) with at least ``min_points`` distinct sizes: the IsoFLOP profiles of Chinchilla's
-    Approach 2 (Hoffmann et al. 2022, section 3.2)."""
-    if len(ok) < min_points:
-        return []
-    groups = []
-    keys = [k for k in ARCH if k in ok]
-    for _, arch in ok.groupby(keys, dropna=False) if keys else [(None, ok)]:
-        df = arch.sort_values("flops")
-        logc = np.log10(df["flops"].to_numpy(dtype=float))
-        start = 0
-        for i in range(1, len(df) + 1):
-            if i == len(df) or logc[i] - logc[start] > tol_dex:
-                g = df.iloc[start:i]
-                if g["active_params"].nunique() >= min_points:
-                    groups.append(g)
-                start = i
-    return sorted(groups, key=lambda g: float(g["flops"].mean()))
-
-
-def isoflop_parabola(g: pd.DataFrame) -> tuple[float, float, np.ndarray] | None:
-    """Chinchilla Approach 2: loss as a parabola in log N at fixed compute; returns (N_min, L_min, coeffs)."""
-    x = np.log(g["active_params"].to_numpy(dtype=float))
-    y = g["loss"].to_numpy(dtype=float)
-    coef = np.polyfit(x, y, 2)
-    if coef[0] <= 0:
+def isoflop(ok: pd.DataFrame, minima: pd.DataFrame):
+    """The IsoFLOP profiles of analysis.isoflop.isoflop_minima (run_ids, parabola coefficients c2, c1, c0 in
+    log N, minimum N_opt, L_min, inside): the runs of each profile, its parabola over the sizes tried and its
+    minimum (diamond; an open diamond outside the sizes tried)."""
+    if minima is None or minima.empty:
         return None
-    xm = -coef[1] / (2 * coef[0])
-    return float(np.exp(xm)), float(np.polyval(coef, xm)), coef
-
-
-def _tokens_at(g: pd.DataFrame, n: float) -> float:
-    """Tokens at size n on an IsoFLOP profile: log D is linear in log N (D = C / flops per token)."""
-    slope, icpt = np.polyfit(np.log(g["active_params"].astype(float)), np.log(g["tokens"].astype(float)), 1)
-    return float(np.exp(icpt + slope * np.log(n)))
-
-
-def isoflop(ok: pd.DataFrame):
-    groups = isoflop_groups(ok)
-    if not groups:
-        return None, []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.0, 4.3))
     cmap = plt.get_cmap("plasma")
-    minima = []
-    for i, g in enumerate(groups):
-        color = cmap(0.8 * i / max(1, len(groups) - 1))
-        c = float(np.exp(np.log(g["flops"]).mean()))
-        g = g.sort_values("active_params")
-        archs = {_arch_label(x) for x in groups}
-        lab = f"C = {sci(c)} FLOPs" + (f", {_arch_label(g)}" if len(archs) > 1 else "")
+    by_id = ok.drop_duplicates("run_id").set_index("run_id")
+    m = minima.sort_values("C").reset_index(drop=True)
+    several = m["arch"].nunique() > 1
+    for i, row in m.iterrows():
+        color = cmap(0.8 * i / max(1, len(m) - 1))
+        g = by_id.loc[[r for r in row["run_ids"] if r in by_id.index]].sort_values("active_params")
+        lab = f"C = {sci(row['C'])} FLOPs" + (f", {_arch_label(g)}" if several and len(g) else "")
         ax.plot(g["active_params"], g["loss"], "o", color=color, ms=5, label=lab)
-        fit = isoflop_parabola(g)
-        if fit is None:
-            continue
-        n_min, l_min, coef = fit
         xs = np.linspace(np.log(g["active_params"].min()), np.log(g["active_params"].max()), 100)
-        ax.plot(np.exp(xs), np.polyval(coef, xs), "-", color=color, lw=1.2, alpha=0.8)
-        inside = g["active_params"].min() <= n_min <= g["active_params"].max()
-        ax.plot([n_min], [l_min], "D" if inside else "d", color=color, ms=8, mec="k", mew=0.8)
-        minima.append(
-            {
-                "flops": c,
-                "arch": _arch_label(g),
-                "n_opt": n_min,
-                "d_opt": _tokens_at(g, n_min),
-                "loss_min": l_min,
-                "inside_range": bool(inside),
-                "points": len(g),
-            }
-        )
+        ax.plot(np.exp(xs), np.polyval([row["c2"], row["c1"], row["c0"]], xs), "-", color=color, lw=1.2)
+        style = dict(mec="k", mew=0.8) if row["inside"] else dict(mfc="none", mec=color, mew=1.4)
+        ax.plot([row["N_opt"]], [row["L_min"]], "D", color=color, ms=8, **style)
     ax.set_xscale("log")
     _no_minor_labels(ax.xaxis)
     ax.set_xlabel("activated parameters N (non-embedding)")
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title("IsoFLOP curves (diamonds: parabola minima in log N)")
-    ax.legend(loc="upper center", ncols=min(3, len(groups)))
-    return fig, minima
-
-
-def _sig2(x: pd.Series) -> pd.Series:
-    """Round to two significant digits, so sizes equal up to router/rounding parameters group."""
-    x = x.astype(float)
-    e = np.floor(np.log10(np.abs(x).where(x != 0, 1.0)))
-    return (x / 10**e).round(1) * 10**e
+    ax.legend(loc="upper center", ncols=min(3, len(m)))
+    return fig
 
 
 def _param_groups(ok: pd.DataFrame, vary: str, fixed: Sequence[str], min_points: int) -> list[pd.DataFrame]:
-    total = _sig2(ok["total_params"]) if "total_params" in ok else np.nan  # a table may lack it (--csv)
-    df = ok.assign(_active=_sig2(ok["active_params"]), _total=total)
-    # realised shapes land within rounding of the requested knobs (ModelConfig.from_budget): compare the
-    # requested values, granularity on a half-octave grid and shared_ratio on a 0.05 grid
+    # realised shapes land within rounding of the requested knobs (ModelConfig.from_budget): compare their
+    # levels (analysis.domain.levels: the sweep's nominal values, else realised values grouped)
+    total = levels(ok, "total_params") if "total_params" in ok else np.nan  # a table may lack it (--csv)
+    df = ok.assign(_active=levels(ok, "active_params"), _total=total)
     if "granularity" in df:
-        df["_g"] = 2.0 ** (np.round(2 * np.log2(df["granularity"].astype(float).clip(lower=1e-6))) / 2)
+        df["_g"] = levels(df, "granularity")
     if "shared_ratio" in df:
-        df["_s"] = (df["shared_ratio"].astype(float).fillna(0.0) * 20).round() / 20
+        df["_s"] = levels(
+            df.assign(shared_ratio=df["shared_ratio"].astype(float).fillna(0.0)), "shared_ratio"
+        )
     if vary not in df:  # a table of runs (moelab report --csv) may lack the knob
         return []
     keys = [k for k in fixed if k in df]
@@ -331,9 +274,10 @@ def moe_effects(
     ok: pd.DataFrame,
     clark: Callable[[np.ndarray, pd.DataFrame], np.ndarray] | None = None,
     clark_label: str = "Clark et al. fit",
+    clark_tokens: float | None = None,
 ):
-    """Up to three panels: loss vs n_experts at fixed activated budget (with the Clark fit), vs shared_ratio,
-    vs granularity."""
+    """Up to three panels: loss vs n_experts at fixed activated budget (with the Clark fit, drawn only for
+    groups at ``clark_tokens``, the token budget it was fitted on), vs shared_ratio, vs granularity."""
     groups = moe_groups(ok)
     if not groups:
         return None
@@ -346,13 +290,15 @@ def moe_effects(
             ax.plot(
                 g[knob],
                 g["loss"],
-                "o" if knob == "n_experts" and clark is not None else "o-",
+                "o-" if clark is None or knob != "n_experts" else "o",
                 color=color,
                 ms=5,
                 lw=1,
                 label=lab,
             )
-            if knob == "n_experts" and clark is not None:
+            d = float(g["tokens"].iloc[0])
+            at_d = clark_tokens is None or abs(np.log(d / clark_tokens)) < np.log(1.1)
+            if knob == "n_experts" and clark is not None and at_d:
                 xs = np.geomspace(g[knob].min(), g[knob].max(), 60)
                 ax.plot(xs, clark(xs, g), "-", color=color, lw=1.2, alpha=0.8)
         if knob == "n_experts":

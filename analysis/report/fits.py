@@ -1,111 +1,178 @@
-"""The report's view of the analysis package: fits of every registered law with bootstrap intervals, the
-held-out check, the compute-optimal frontier and the extrapolation to a target preset.
-
-All numbers come from ``analysis`` (laws, fitting, uncertainty, validation, frontier, extrapolation);
-this module only gathers them into the plain tables the figures and fits.json need.
+"""The report's view of the analysis package. Every number comes from ``analysis``: the ranking of the laws
+on one stratified held-out split (:func:`analysis.validate.rank_laws`, the same call as ``moelab fit
+--compare``), the IsoFLOP fit (:func:`analysis.isoflop.fit_isoflop`), the frontier
+(:func:`analysis.frontier.frontier`) and the extrapolation (:func:`analysis.extrapolate.extrapolate`). This
+module only gathers their results into the plain tables the figures, the text and fits.json need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["Analysis", "LawSummary", "analyse", "heldout_split"]
+from analysis.domain import levels
+from analysis.extrapolate import extrapolate, paper_allocation
+from analysis.frontier import fit_cost, frontier
+from analysis.isoflop import fit_isoflop, isoflop_minima
+from analysis.laws import LAWS
+from analysis.validate import HOLDOUT_FRACTION, Ranking, rank_laws
+from moelab.errors import MoelabError
+from moelab.presets import PAPER_FACTS
 
-MIN_POINTS_PER_PARAM = 2  # a law needs this many fit points per parameter to be ranked best
+__all__ = ["Analysis", "LawSummary", "analyse"]
+
 DEFAULT_BOOT = 100  # bootstrap resamples for the report's intervals (``moelab report --bootstrap N``)
+N_CONVENTION = (
+    "N is the activated non-embedding parameter count (runs table column active_params, from "
+    "moelab.accounting.param_counts): the token embedding and the output projection are left out"
+)
 
 
 @dataclass
 class LawSummary:
+    """One law's row of the ranking, with its parameters and their bootstrap intervals."""
+
     name: str
     formula: str
     params: dict[str, float]
     intervals: dict[str, tuple[float, float]]
+    on_bound: list[str]
+    domain: str
     n_fit: int
     n_heldout: int
     heldout_err: float | None  # mean |predicted - observed| / observed on the held-out runs
+    heldout_interval: tuple[float, float] | None
+    heldout_median: float | None
+    heldout_max: float | None
     train_err: float | None
+    ranked: bool
+    not_ranked: str | None
 
     def to_json(self) -> dict:
         return {
             "formula": self.formula,
             "params": self.params,
             "intervals": {k: list(v) for k, v in self.intervals.items()},
+            "on_bound": self.on_bound,
+            "domain": self.domain,
             "n_fit": self.n_fit,
             "n_heldout": self.n_heldout,
             "heldout_mean_abs_rel_err": self.heldout_err,
+            "heldout_interval": None if self.heldout_interval is None else list(self.heldout_interval),
+            "heldout_median_abs_rel_err": self.heldout_median,
+            "heldout_max_abs_rel_err": self.heldout_max,
             "train_mean_abs_rel_err": self.train_err,
+            "ranked": self.ranked,
+            "not_ranked": self.not_ranked,
         }
 
 
 @dataclass
 class Analysis:
+    ranking: Ranking | None = None
     laws: list[LawSummary] = field(default_factory=list)
     best: str | None = None
     heldout_ids: list[str] = field(default_factory=list)
-    predictions: pd.DataFrame | None = None  # law, run_id, observed, predicted, heldout
-    frontier: pd.DataFrame | None = (
-        None  # over the sweep's compute: flops, loss[, loss_lo, loss_hi], n_opt, d_opt
-    )
-    frontier_far: pd.DataFrame | None = None  # carried out to the target's compute
-    isoflop_points: pd.DataFrame | None = None  # flops, n_opt, d_opt (Approach 2 minima)
+    predictions: pd.DataFrame | None = None  # law, run_id, observed, predicted, heldout (each law's domain)
+    frontier: pd.DataFrame | None = None  # analysis.frontier.frontier over the sweep's compute
+    frontier_far: pd.DataFrame | None = None  # carried to the target's compute, the paper's law beside it
+    isoflop_minima: pd.DataFrame | None = None  # analysis.isoflop.isoflop_minima
+    isoflop: object | None = None  # IsoFlopResult, C from the runs' own accounting
+    isoflop_paper: object | None = None  # IsoFlopResult, C in the target paper's compute model
+    isoflop_points: pd.DataFrame | None = None  # C (paper's model), N_opt, D_opt of the minima
     extrapolation: dict | None = None
-    clark: Callable[[np.ndarray, pd.DataFrame], np.ndarray] | None = None
-    clark_label: str = "Clark et al. fit"
-    clark_params: dict[str, float] = field(default_factory=dict)
+    clark_tokens: float | None = None  # the token budget Clark's law was fitted on
     notes: list[str] = field(default_factory=list)
     results: dict = field(default_factory=dict)  # law name -> analysis.fit.FitResult (fit split)
+    scope: dict = field(default_factory=dict)  # spans of the runs, for the report's words
+    n_convention: dict = field(default_factory=dict)
+    n_boot: int | None = None  # bootstrap resamples asked for (None: each analysis's default)
+    extra: dict = field(default_factory=dict)  # fits.json entries of other sections (e.g. hyper)
 
     def to_json(self) -> dict:
         def records(df):
             return None if df is None else df.to_dict(orient="records")
 
+        iso = {}
+        for key, res in (("isoflop", self.isoflop), ("isoflop_paper_compute", self.isoflop_paper)):
+            if res is not None:
+                iso[key] = res.to_dict()
         return {
             "best_law": self.best,
+            "ranking": None if self.ranking is None else self.ranking.to_dict(),
             "laws": {law.name: law.to_json() for law in self.laws},
             "heldout_run_ids": self.heldout_ids,
             "predictions": records(self.predictions),
             "frontier": records(self.frontier),
-            "extrapolation": self.extrapolation,
-            "clark": self.clark_params or None,
+            "extrapolation": {k: v for k, v in (self.extrapolation or {}).items() if k != "rows"} or None,
+            **iso,
+            "scope": self.scope,
+            "n_convention": self.n_convention,
             "notes": self.notes,
         }
 
 
-def heldout_split(ok: pd.DataFrame, frac: float = 0.15, max_heldout: int = 4) -> tuple[list[str], list[str]]:
-    """(fit run ids, held-out run ids): the largest-compute runs are held out, as Hoffmann et al. (2022) and
-    Besiroglu et al. (2024) check a law by predicting the runs beyond those it was fitted to. At least 6 runs
-    stay in the fit; fewer than 8 finished runs hold nothing out."""
-    if len(ok) < 8:
-        return list(ok["run_id"]), []
-    k = int(min(max_heldout, max(1, round(frac * len(ok))), len(ok) - 6))
-    order = ok.sort_values(["flops", "active_params"])["run_id"].tolist()
-    return order[:-k], order[-k:]
+def _summaries(r: Ranking) -> list[LawSummary]:
+    out = []
+    for t in r.table.to_dict(orient="records"):
+        res = r.results.get(t["law"])
+        if res is None:
+            continue
+        h = res.holdout
+
+        def num(k, t=t):
+            v = t.get(k)
+            return None if v is None or not np.isfinite(v) else float(v)
+
+        iv = (num("held_out_lo"), num("held_out_hi"))
+        out.append(
+            LawSummary(
+                name=t["law"],
+                formula=res.law.title,
+                params=dict(res.params),
+                intervals={k: (float(a), float(b)) for k, (a, b) in (res.intervals or {}).items()},
+                on_bound=list(res.on_bound),
+                domain=t["domain"],
+                n_fit=res.n_points,
+                n_heldout=0 if h is None else len(h.table),
+                heldout_err=num("held_out_mean_abs_rel_error"),
+                heldout_interval=None if iv[0] is None else iv,
+                heldout_median=num("held_out_median_abs_rel_error"),
+                heldout_max=num("held_out_max_abs_rel_error"),
+                train_err=num("train_mean_abs_rel_error"),
+                ranked=bool(t.get("ranked")),
+                not_ranked=t.get("not_ranked") if isinstance(t.get("not_ranked"), str) else None,
+            )
+        )
+    return out
 
 
-def _rel_err(pred: np.ndarray, obs: np.ndarray) -> float | None:
-    if len(obs) == 0:
-        return None
-    return float(np.mean(np.abs(pred - obs) / obs))
-
-
-def _fit(df, law: str, n_boot: int, max_starts: int | None):
-    import warnings
-
-    from analysis.fit import fit
-
-    if n_boot:
-        try:
-            import analysis.bootstrap  # noqa: F401
-        except ImportError:
-            n_boot = 0  # intervals need analysis.bootstrap; fit without them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FitWarnings are kept on the result (res.warnings)
-        return fit(df, law, bootstrap=n_boot, max_starts=max_starts)
+def _predictions(r: Ranking, ok: pd.DataFrame) -> pd.DataFrame | None:
+    """Each law's predictions of the runs of its own domain (observed, predicted, held out or not)."""
+    held = ok["run_id"].isin(r.heldout_ids).to_numpy()
+    frames = []
+    for name, res in r.results.items():
+        m = (
+            res.domain.mask
+            if res.domain is not None and len(res.domain.mask) == len(ok)
+            else np.ones(len(ok), bool)
+        )
+        sub = ok[m]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "law": name,
+                    "run_id": sub["run_id"].to_numpy(),
+                    "observed": sub["loss"].to_numpy(dtype=float),
+                    "predicted": np.asarray(res.predict(sub), dtype=float),
+                    "heldout": held[m],
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def analyse(
@@ -115,111 +182,90 @@ def analyse(
     n_boot: int | None = None,
     max_starts: int | None = None,
     laws: list[str] | None = None,
+    fraction: float = HOLDOUT_FRACTION,
 ) -> Analysis:
-    """Fit every registered law the data supports (to all runs but the held-out ones, with ``n_boot``
-    bootstrap resamples), rank them on held-out error, and carry the best one to ``target``.
-
-    Returns an Analysis with only notes when nothing can be fitted."""
+    """Rank every registered law the data supports on one stratified held-out split (with ``n_boot``
+    bootstrap resamples per law), fit the IsoFLOP profiles, and carry the best law with a data term to
+    ``target``. Returns an Analysis with only notes when nothing can be fitted."""
     an = Analysis()
     ok = data.ok.reset_index(drop=True)
-    try:
-        from analysis.laws import LAWS
-    except ImportError:
-        an.notes.append("The analysis package's laws are not available in this installation: no law fitted.")
-        return an
-    from moelab.errors import MoelabError
-
+    an.n_boot = n_boot
     n_boot = DEFAULT_BOOT if n_boot is None else int(n_boot)
-    fit_ids, ho_ids = heldout_split(ok)
-    an.heldout_ids = ho_ids
-    train = ok[ok["run_id"].isin(fit_ids)]
-    preds = []
-    for name in list(LAWS) if laws is None else laws:
-        law = LAWS[name]
-        if any(c not in ok for c in law.columns):
-            continue
-        try:
-            res = _fit(train, name, n_boot, max_starts)
-        except MoelabError as exc:
-            an.notes.append(f"{name}: not fitted ({str(exc).splitlines()[0]}).")
-            continue
-        pred = np.asarray(res.predict(ok), dtype=float)
-        obs = ok["loss"].to_numpy(dtype=float)
-        is_ho = ok["run_id"].isin(ho_ids).to_numpy()
-        preds.append(
-            pd.DataFrame(
-                {"law": name, "run_id": ok["run_id"], "observed": obs, "predicted": pred, "heldout": is_ho}
-            )
-        )
-        an.laws.append(
-            LawSummary(
-                name=name,
-                formula=law.title,
-                params=dict(res.params),
-                intervals={k: (float(a), float(b)) for k, (a, b) in (res.intervals or {}).items()},
-                n_fit=res.n_points,
-                n_heldout=int(is_ho.sum()),
-                heldout_err=_rel_err(pred[is_ho], obs[is_ho]),
-                train_err=_rel_err(pred[~is_ho], obs[~is_ho]),
-            )
-        )
-        an.results[name] = res
-        for w in res.warnings:
-            an.notes.append(w if w.startswith(name) else f"{name}: {w}")
-    if preds:
-        an.predictions = pd.concat(preds, ignore_index=True)
-    ranked = [x for x in an.laws if x.heldout_err is not None and np.isfinite(x.heldout_err)]
-    # A law with fewer than two fit points per parameter can pass through its points and still miss the
-    # held-out ones by luck or not at all: rank the well-determined laws when there are any.
-    determined = [x for x in ranked if x.n_fit >= MIN_POINTS_PER_PARAM * len(x.params)]
-    if determined and len(determined) < len(ranked):
-        left = ", ".join(
-            f"{x.name} ({x.n_fit} points, {len(x.params)} parameters)" for x in ranked if x not in determined
-        )
-        an.notes.append(
-            f"Not ranked: under-determined fits with fewer than {MIN_POINTS_PER_PARAM} points per "
-            f"parameter: {left}."
-        )
-        ranked = determined
-    if ranked:
-        an.best = min(ranked, key=lambda x: x.heldout_err).name
-    elif an.laws:
-        an.best = min(an.laws, key=lambda x: x.train_err if x.train_err is not None else np.inf).name
-        an.notes.append(
-            "No runs were held out (fewer than 8 finished): the best law is the best in-sample fit."
-        )
-    if "clark" in an.results:
-        an.clark_params = dict(an.results["clark"].params)
-        clark = an.results["clark"]
-
-        def clark_curve(e, g, _res=clark):
-            n = float(g["active_params"].median())
-            return np.asarray(
-                _res.predict(pd.DataFrame({"active_params": np.full(len(e), n), "n_experts": e}))
-            )
-
-        # Clark et al.'s law has no data term: its curve only means something when the runs share D
-        if ok["tokens"].nunique() == 1:
-            an.clark = clark_curve
-            an.clark_label = "Clark et al. (2022) law fitted to the sweep"
+    an.scope = _scope(ok)
+    an.n_convention = _n_convention(ok)
+    names = list(LAWS) if laws is None else list(laws)
+    names = [n for n in names if all(c in ok for c in LAWS[n].columns)]
+    if names and len(ok) >= 2:
+        r = rank_laws(ok, names, fraction=fraction, bootstrap=n_boot, max_starts=max_starts)
+        an.ranking, an.best, an.heldout_ids = r, r.best, list(r.heldout_ids)
+        an.results = dict(r.results)
+        an.laws = _summaries(r)
+        an.predictions = _predictions(r, ok)
+        an.notes += [f"{k}: not fitted ({v})." for k, v in r.skipped.items()] + list(r.notes)
+        for name, res in r.results.items():
+            an.notes += [w if w.startswith(name) else f"{name}: {w}" for w in res.warnings]
+        clark = r.results.get("clark")
+        if clark is not None and clark.domain is not None and len(clark.domain.mask) == len(ok):
+            lv = levels(ok, "tokens")[clark.domain.mask]
+            an.clark_tokens = float(lv[0]) if clark.domain.rule == "level" else float(np.median(lv))
+    _isoflop(an, ok, target, n_boot)
     _frontier_and_extrapolation(an, ok, target)
     return an
 
 
-def _arch_row(n, d, knobs: dict) -> pd.DataFrame:
-    n = np.atleast_1d(np.asarray(n, dtype=float))
-    d = np.broadcast_to(np.asarray(d, dtype=float), n.shape)
-    return pd.DataFrame(
-        {"active_params": n, "tokens": d, **{k: np.full(n.shape, v) for k, v in knobs.items()}}
-    )
+def _scope(ok: pd.DataFrame) -> dict:
+    """The spans the runs cover (for the report's words)."""
+    if ok.empty:
+        return {}
+    moe = ok["n_experts"] > 1 if "n_experts" in ok else pd.Series(False, index=ok.index)
+
+    def span(col):
+        v = ok[col].to_numpy(dtype=float)
+        return [float(v.min()), float(v.max())]
+
+    out = {
+        "n_runs": int(len(ok)),
+        "n_dense": int((~moe).sum()),
+        "n_moe": int(moe.sum()),
+        "N": span("active_params"),
+        "D": span("tokens"),
+        "C": span("flops"),
+    }
+    if moe.any():
+        out["experts"] = sorted(int(e) for e in ok.loc[moe, "n_experts"].unique())
+    return out
 
 
-def _samples(res, max_samples: int = 200) -> list[dict]:
-    """The bootstrap's parameter samples as dicts (none when the fit had no bootstrap)."""
-    b = res.bootstrap
-    if b is None:
-        return []
-    return [dict(zip(b.names, row, strict=True)) for row in np.asarray(b.samples)[:max_samples]]
+def _n_convention(ok: pd.DataFrame) -> dict:
+    """What the N convention is, and how much the embedding would add at these sizes."""
+    out = {"text": N_CONVENTION}
+    if {"active_params", "active_params_with_embedding"} <= set(ok.columns) and len(ok):
+        share = 1 - ok["active_params"].astype(float) / ok["active_params_with_embedding"].astype(float)
+        out["embedding_share"] = [float(share.min()), float(share.max())]
+    return out
+
+
+def _isoflop(an: Analysis, ok: pd.DataFrame, target: str, n_boot: int) -> None:
+    """IsoFLOP minima and, where >= 2 budgets allow, N_opt ~ C^a and D_opt ~ C^b with intervals: on the runs'
+    own compute and on the target paper's compute model (the one its allocation law was fitted on)."""
+    if len(ok) < 3:
+        return
+    an.isoflop_minima = isoflop_minima(ok)
+    if an.isoflop_minima.empty:
+        an.isoflop_minima = None
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            an.isoflop = fit_isoflop(ok, bootstrap=n_boot)
+        except MoelabError as exc:
+            an.notes.append(f"isoflop: no power law ({str(exc).splitlines()[0]}).")
+            return
+        if target in PAPER_FACTS:
+            an.isoflop_paper = fit_isoflop(ok, bootstrap=n_boot, compute=target)
+            m = an.isoflop_minima[an.isoflop_minima["inside"]]
+            c = paper_allocation(target, m["N_opt"].to_numpy(), m["D_opt"].to_numpy())["compute"]
+            an.isoflop_points = pd.DataFrame({"C": c, "N_opt": m["N_opt"], "D_opt": m["D_opt"]})
 
 
 def _knobs(law, row: dict) -> dict:
@@ -228,8 +274,6 @@ def _knobs(law, row: dict) -> dict:
 
 def _masked_frontier(res, C, compute, knobs) -> pd.DataFrame:
     """analysis.frontier.frontier with minima on the edge of its N grid blanked (no interior optimum)."""
-    from analysis.frontier import frontier
-
     fr = frontier(res, C, compute=compute, config=knobs)
     if "on_edge" in fr:
         cols = [c for c in fr.columns if c not in ("C", "on_edge")]
@@ -241,23 +285,22 @@ def _frontier_and_extrapolation(an: Analysis, ok: pd.DataFrame, target: str) -> 
     """The best law with a data term (N and D): its frontier over the sweep's compute (the runs' own cost per
     token) and its extrapolation to ``target`` (:func:`analysis.extrapolate.extrapolate`), with the frontier
     carried to the target's compute in the paper's compute model beside the paper's allocation law."""
-    from analysis.extrapolate import extrapolate, paper_allocation
-    from analysis.frontier import fit_cost
-    from moelab.errors import MoelabError
-
     cands = [x for x in an.laws if {"active_params", "tokens"} <= set(an.results[x.name].law.columns)]
     if not cands:
         return
-    best = (
-        an.best
-        if an.best in [x.name for x in cands]
-        else min(cands, key=lambda x: x.heldout_err if x.heldout_err is not None else np.inf).name
-    )
+    names = [x.name for x in cands]
+    ranked = [x for x in cands if x.ranked]
+    best = an.best if an.best in names else (ranked or cands)[0].name
     res = an.results[best]
-    best_run = ok.loc[ok["loss"].idxmin()]
-    knobs = _knobs(res.law, best_run.to_dict())
+    dom = (
+        res.domain.mask
+        if res.domain is not None and len(res.domain.mask) == len(ok)
+        else np.ones(len(ok), bool)
+    )
+    runs = ok[dom]
+    knobs = _knobs(res.law, runs.loc[runs["loss"].idxmin()].to_dict())
     c_lo, c_hi = float(ok["flops"].min()), float(ok["flops"].max())
-    an.frontier = _masked_frontier(res, np.geomspace(c_lo / 1.5, c_hi * 1.5, 40), fit_cost(ok), knobs)
+    an.frontier = _masked_frontier(res, np.geomspace(c_lo / 1.5, c_hi * 1.5, 40), fit_cost(runs), knobs)
     an.frontier.attrs["law"] = best
     try:
         ex = extrapolate(res, target)
@@ -315,13 +358,14 @@ def _frontier_and_extrapolation(an: Analysis, ok: pd.DataFrame, target: str) -> 
         "n_bootstrap": 0 if res.bootstrap is None else res.bootstrap.n,
         "decades": round(decades, 1),
         "knobs": ex["config"],
+        "on_bound": list(res.on_bound),
         "analysis": ex,
         "rows": rows,
         "notes": notes
         + [
             f"N = {ex['active_params']:.3g} activated non-embedding parameters "
             f"({ex['total_params']:.3g} total) and D = {ex['tokens']:.3g} tokens; the law was fitted to all "
-            "runs but the held-out ones. " + ex["warning"].capitalize() + "."
+            "runs of its domain but the held-out ones. " + ex["warning"].capitalize() + "."
         ]
         + ([] if lo is not None else ["No bootstrap was run, so the extrapolated loss has no interval."]),
     }

@@ -24,6 +24,7 @@ class Section:
     key: str  # anchor and figure-name prefix
     title: str
     lead: str  # one sentence: what to read from this section
+    paragraphs: list[str] = field(default_factory=list)  # prose, shown after the lead
     figures: list[tuple[str, object]] = field(default_factory=list)  # (name, matplotlib Figure)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (caption, formatted table)
     notes: list[str] = field(default_factory=list)
@@ -129,6 +130,9 @@ def write_report_folder(
             parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>')
             parts.append(f'<p class="lead">{html.escape(s.lead)}</p>')
             md += [f"## {s.title}", "", f"*{s.lead}*", ""]
+            for para in s.paragraphs:
+                parts.append(f"<p>{html.escape(para)}</p>")
+                md += [para, ""]
             for name, fig in s.figures:
                 png = _fig_bytes(fig, "png")
                 svg = _fig_bytes(fig, "svg")

@@ -84,9 +84,12 @@ class _Point:
 
 
 def synthetic_grid(small: bool = False) -> list[_Point]:
-    """IsoFLOP ladder at three budgets (MoE, 8 experts) plus expert-count, shared-ratio and granularity arms.
+    """A ladder in the shape the issue asks of the lab's own: dense and MoE (several expert counts) over
+    activated sizes and token budgets on both sides of the optimum, an IsoFLOP ladder (MoE, 8 experts) at
+    several budgets, and shared-ratio and granularity arms at fixed activated size and tokens.
 
-    ``small`` keeps a few runs per arm (enough for every report section) for fast tests.
+    ``small`` keeps a few runs per arm (enough for every report section and for Chinchilla's law on the dense
+    runs and Clark's on one token budget) for fast tests.
     """
     seq = 128
     points: list[_Point] = []
@@ -99,8 +102,14 @@ def synthetic_grid(small: bool = False) -> list[_Point]:
             if tokens >= 64 * 1024:
                 points.append(_Point(d, 4, 8, 1, 1, 1.0, tokens))
     base_tokens = 2_000_000
-    for e in [1, 2, 4, 8, 16, 32] if not small else [1, 4, 16]:
-        points.append(_Point(64, 4, e, 1, 0, 1.0, base_tokens))
+    ladder_tokens = [1_000_000, base_tokens, 4_000_000]
+    ladder_widths = [24, 48, 96] if small else [24, 32, 48, 64, 96]
+    for d in ladder_widths:  # dense over sizes and token budgets: Chinchilla's law on the dense runs
+        for t in ladder_tokens:
+            points.append(_Point(d, 4, 1, 1, 0, 1.0, t))
+    for e in [4, 16] if small else [2, 4, 8, 16, 32]:  # expert counts at every size, one token budget
+        for d in ladder_widths:
+            points.append(_Point(d, 4, e, 1, 0, 1.0, base_tokens))
     # shared arm at a fixed activated budget of (top_k + n_shared) experts: shared_ratio 0 .. 0.75
     for ns, k in [(0, 4), (1, 3), (2, 2), (3, 1)] if not small else [(0, 2), (1, 1)]:
         points.append(_Point(64, 4, 8, k, ns, 1.0, base_tokens))

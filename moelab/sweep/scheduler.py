@@ -27,7 +27,7 @@ from moelab.errors import MoelabError
 from moelab.sweep.plan import PlannedRun, duration, make_plan, sweep_dir
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_json, set_aside, write_json_atomic
-from moelab.sweep.store import write_table
+from moelab.sweep.store import AXES_FILE, write_table
 from moelab.sweep.trial import TRAINER_ENV, death_reason, execute_trial, mark_failed, thread_env
 from moelab.train.trackers import check_available
 
@@ -140,6 +140,7 @@ def run_sweep(
     with sweep_lock(root):
         planned, _, _ = make_plan(spec, results, rerun_failed, trials)
         todo = [p for p in planned if p.action in ("run", "resume", "rerun")]
+        _record_axes(p for p in planned if p.action == "skip")  # finished runs from before axes.json
         outcome = {
             "sweep": spec.name,
             "runs": len(planned),
@@ -189,6 +190,14 @@ def _prepare(p: PlannedRun, root: Path) -> None:
     p.run_dir.mkdir(parents=True, exist_ok=True)
     if read_json(p.run_dir / "config.json") is None:
         write_json_atomic(p.run_dir / "config.json", p.trial.run.to_dict())
+    _record_axes([p])
+
+
+def _record_axes(planned) -> None:
+    """Write each run's nominal axis values (AXES_FILE) where the folder exists and lacks them."""
+    for p in planned:
+        if p.run_dir.is_dir() and read_json(p.run_dir / AXES_FILE) is None:
+            write_json_atomic(p.run_dir / AXES_FILE, p.trial.point)
 
 
 def _wait_previous_attempt(run_dir: Path, timeout_s: float = 20.0) -> None:

@@ -67,6 +67,11 @@ PROVENANCE = ("moelab_version", "jax_version", "python_version", "git_commit", "
 COLUMNS = IDENTITY + MODEL + ACCOUNTING + TRAINING + OUTCOME + PROVENANCE
 
 PARQUET = "runs.parquet"
+#: A sweep run's nominal axis values (the spec's requested ``axes`` point, before the family rule rounds
+#: them), written by the sweep driver; they become the ``nominal_<axis>`` columns, so analysis counts the
+#: levels a sweep asked for rather than the rounding of their realisations (analysis.domain).
+AXES_FILE = "axes.json"
+NOMINAL_PREFIX = "nominal_"
 
 
 def run_row(
@@ -139,6 +144,9 @@ def run_row(
         git_commit=summary.get("git_commit"),
         corpus_fingerprint=summary.get("corpus_fingerprint"),
     )
+    for k, v in (read_json(run_dir / AXES_FILE) or {}).items():
+        if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool):
+            row[NOMINAL_PREFIX + k] = float(v)
     return row
 
 
