@@ -1,7 +1,7 @@
 """Which runs to train next: the candidates that most shrink the bootstrap interval of a target prediction per
 FLOP (``moelab suggest``).
 
-The lab's uncertainty about a target (the loss of ``hunyuan-large`` on 7e12 tokens, or the compute-optimal
+The lab's uncertainty about a target (the loss of ``hunyuan-large`` on its tokens, or the compute-optimal
 loss at a budget) is the spread of the bootstrap ensemble (:mod:`analysis.bootstrap`): B refits theta_b of the
 law to resamples of the runs. Each candidate run c (a family member and a token count, built and costed
 exactly as a sweep would build it) has a prediction log L(c; theta_b) under every member. The ensemble's joint
@@ -42,6 +42,7 @@ from analysis.fit import DELTA, FitResult
 from analysis.frontier import optimal_allocation
 from analysis.laws import Law, get_law
 from moelab.errors import ConfigError, MoelabError
+from moelab.presets import paper_facts
 
 #: Axes a candidate may vary (the budget axes of a sweep plus its length).
 AXES = ("active_params", "n_experts", "top_k", "shared_ratio", "granularity", "tokens")
@@ -56,7 +57,7 @@ class Target:
     compute-optimal loss at ``flops`` for the preset's expert configuration (``compute``: frontier model)."""
 
     preset: str = "hunyuan-large"
-    tokens: float | None = 7e12
+    tokens: float | None = paper_facts("hunyuan-large").train_tokens
     flops: float | None = None
     compute: Any = "6ND"
 

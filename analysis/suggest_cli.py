@@ -20,6 +20,7 @@ from pathlib import Path
 
 from analysis.cli import _json_default, add_input_args, load_input
 from moelab.errors import MoelabError
+from moelab.presets import paper_facts
 
 LAW_CHOICES = ("chinchilla", "clark", "granularity", "joint_moe", "shared_ratio")
 
@@ -52,7 +53,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "gives the expert configuration of the compute-optimal target"
     )  # fmt: skip
     tgt = parser.add_mutually_exclusive_group()
-    tgt.add_argument("--tokens", type=float, help="target: the preset trained on D tokens (default 7e12)")
+    tgt.add_argument(
+        "--tokens", type=float, help="target: the preset trained on D tokens (default: its paper's tokens)"
+    )
     tgt.add_argument("--flops", type=float, help="target: the compute-optimal loss at C FLOPs")
     parser.add_argument("--compute", default="6ND", help="compute model of --flops: 6ND, hunyuan or kappa")
     parser.add_argument("--k", type=int, default=8, help="runs to suggest at most (default 8)")
@@ -200,7 +203,7 @@ def run(args) -> int:
     values = _parse_values(args.values)
     target = Target(
         preset=args.preset,
-        tokens=None if args.flops else (args.tokens or 7e12),
+        tokens=None if args.flops else (args.tokens or paper_facts(args.preset).train_tokens),
         flops=args.flops,
         compute=_compute(args.compute),
     )

@@ -13,6 +13,9 @@ import pandas as pd
 from analysis.compare import applicable, exponent_rows, exponent_table, predict_published
 from analysis.published import PUBLISHED
 from analysis.report.render import Section
+from moelab.presets import paper_facts
+
+_HY = paper_facts("hunyuan-large")
 
 __all__ = ["published_errors", "published_section", "published_table"]
 
@@ -94,7 +97,8 @@ def published_section(ok: pd.DataFrame, an) -> tuple[Section | None, dict]:
             "embeddings): a constant offset in loss is expected, so compare exponents rather than absolute "
             "errors.",
             "Allocation exponents (N_opt ∝ C^n, D_opt ∝ C^d) follow from C = 6ND; Hunyuan-Large's law was "
-            "fitted with its own compute model (C = 9.59 N D + 2.3e8 D).",
+            f"fitted with its own compute model (C = {_HY.compute_coef:g} N D + "
+            f"{_HY.compute_per_token:.2g} D).",
         ],
     )
     return section, numbers
