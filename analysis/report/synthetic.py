@@ -275,6 +275,7 @@ def write_synthetic_results(
             "recycled_frac": drop,
             "diverged_step": diverged_step,
             "error": "RuntimeError: synthetic failure" if p.status == "failed" else None,
+            "dispatch": "capacity" if p.n_experts > 1 else None,
             "versions": {
                 "moelab": "0.1.0",
                 "jax": "0.10.2",

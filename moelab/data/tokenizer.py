@@ -60,7 +60,7 @@ class BPETokenizer:
 
     @property
     def id(self) -> str:
-        return f"bpe{self.vocab_size}-{self.corpus_fingerprint[:16]}"
+        return tokenizer_id("bpe", self.vocab_size, self.corpus_fingerprint)
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(text).ids, dtype=np.int32)
@@ -94,6 +94,11 @@ def _train_bpe(documents, vocab_size: int):
     )
     tok.train_from_iterator(documents, trainer=trainer, length=len(documents))
     return tok
+
+
+def tokenizer_id(kind: str, vocab_size: int, corpus_fingerprint: str) -> str:
+    """The id a tokenizer's token store is named by, known without training it (``moelab sweep plan``)."""
+    return "byte" if kind == "byte" else f"bpe{vocab_size}-{corpus_fingerprint[:16]}"
 
 
 def bpe_cache_path(vocab_size: int, corpus_fingerprint: str) -> Path:

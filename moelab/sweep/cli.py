@@ -53,16 +53,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plan(args) -> int:
-    from moelab.sweep.plan import make_plan, plan_rows, render_plan
+    from moelab.sweep.plan import check_plan, make_plan, plan_rows, render_plan
     from moelab.sweep.spec import SweepSpec
 
     spec = SweepSpec.from_file(args.file)
     planned, rate, src = make_plan(spec, args.results, args.rerun_failed)
+    checks = check_plan(spec, planned)  # tokens per parameter and epochs of the corpus, flagged
     if args.json:
-        for row in plan_rows(planned):
-            print(json.dumps(row))
+        for row, c in zip(plan_rows(planned), checks[0], strict=True):
+            checked = {"tokens_per_param": c.tokens_per_param, "epochs": c.epochs, "flags": c.flags}
+            print(json.dumps(row | checked))
         return 0
-    render_plan(spec, planned, rate, src, spec.max_concurrency or 1)
+    render_plan(spec, planned, rate, src, spec.max_concurrency or 1, checks=checks)
     return 0
 
 

@@ -1,6 +1,12 @@
 """The dry-run plan of a sweep: every run with its size, budget, estimated time and what ``run`` will do.
 
 Estimated time = ``overhead_s + flops / flops_per_s`` (less the part done before a checkpoint, for a resume).
+
+``moelab sweep plan`` also checks every run (:func:`check_plan`) against the spec's ``checks``: tokens per
+activated parameter under ``min_tokens_per_param``, or more than one epoch of the corpus's training split.
+The corpus size is ``checks.corpus_tokens`` when stated, else the training split of a prepared token store of
+this corpus and tokenizer (the cache), else, for byte tokens, counted from the corpus; otherwise the plan says
+it is unknown.
 ``flops_per_s`` is, in order: the spec's ``estimate.flops_per_s``; the median of
 ``flops / (wall_time_s - overhead_s)`` over this sweep's succeeded runs; ``DEFAULT_FLOPS_PER_S_PER_CPU``
 times the trial's CPUs.
@@ -8,12 +14,18 @@ times the trial's CPUs.
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+from moelab.data.corpus import load_corpus
+from moelab.data.shards import store_path, val_documents
+from moelab.data.tokenizer import tokenizer_id
+from moelab.errors import ConfigError
 from moelab.sweep.runid import adopt
 from moelab.sweep.spec import DEFAULT_FLOPS_PER_S_PER_CPU, SweepSpec, Trial
 from moelab.sweep.state import checkpoint_steps, decide, read_summary, run_state
@@ -110,8 +122,73 @@ def plan_rows(planned: list[PlannedRun]) -> list[dict[str, Any]]:
     return rows
 
 
+@dataclass
+class RunCheck:
+    """One run against the spec's checks: tokens per activated parameter, epochs of the corpus, flags."""
+
+    tokens_per_param: float
+    epochs: float | None
+    flags: list[str]
+
+
+def corpus_train_tokens(run: Any, spec: SweepSpec, cache: dict | None = None) -> tuple[float | None, str]:
+    """(training tokens of the run's corpus or None, where the number comes from)."""
+    if spec.checks.get("corpus_tokens"):
+        return float(spec.checks["corpus_tokens"]), "checks.corpus_tokens"
+    d = run.data
+    key = (d.corpus, d.format, d.field, d.tokenizer, run.model.vocab_size, d.val_fraction, d.hf_config)
+    cache = {} if cache is None else cache
+    if key not in cache:
+        cache[key] = _count_corpus(run)
+    return cache[key]
+
+
+def _count_corpus(run: Any) -> tuple[float | None, str]:
+    d = run.data
+    if d.corpus.startswith("hf:") or d.format == "hf":
+        return None, "unknown for an hf: corpus (state checks.corpus_tokens)"
+    try:
+        corpus = load_corpus(d.corpus, d.format, d.field, hf_split=d.hf_split, hf_config=d.hf_config)
+    except ConfigError as exc:
+        return None, f"unknown ({str(exc).splitlines()[0]})"
+    tok = SimpleNamespace(id=tokenizer_id(d.tokenizer, run.model.vocab_size, corpus.fingerprint))
+    meta = store_path(corpus, tok, d.val_fraction) / "meta.json"
+    if meta.is_file():
+        return float(json.loads(meta.read_text())["splits"]["train"]["tokens"]), "the prepared token store"
+    if d.tokenizer == "byte":
+        val = val_documents(len(corpus.documents), d.val_fraction)
+        n = sum(len(doc.encode("utf-8")) + 1 for doc, v in zip(corpus.documents, val, strict=True) if not v)
+        return float(n), "counted (byte tokens of the training split)"
+    return None, "unknown until the corpus is tokenized once (or state checks.corpus_tokens)"
+
+
+def check_plan(spec: SweepSpec, planned: list[PlannedRun]) -> tuple[list[RunCheck], list[str]]:
+    """Every run against the spec's checks, and notes saying where the corpus sizes come from."""
+    floor = float(spec.checks.get("min_tokens_per_param", 1.0))
+    cache: dict = {}
+    out, notes = [], {}
+    for p in planned:
+        tpp = p.tokens / max(p.active_params, 1)
+        corpus, source = corpus_train_tokens(p.trial.run, spec, cache)
+        notes[f"{p.trial.run.data.corpus}: {human(corpus) if corpus else '?'} training tokens ({source})"] = 1
+        epochs = p.tokens / corpus if corpus else None
+        flags = []
+        if tpp < floor:
+            flags.append(f"D/N {tpp:.2g} < {floor:g}")
+        if epochs is not None and epochs > 1:
+            flags.append(f"{epochs:.2g} epochs")
+        out.append(RunCheck(tpp, epochs, flags))
+    return out, list(notes)
+
+
 def render_plan(
-    spec: SweepSpec, planned: list[PlannedRun], rate: float, rate_src: str, concurrency: int, console=None
+    spec: SweepSpec,
+    planned: list[PlannedRun],
+    rate: float,
+    rate_src: str,
+    concurrency: int,
+    console=None,
+    checks: tuple[list[RunCheck], list[str]] | None = None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -130,12 +207,15 @@ def render_plan(
         "total",
         "tokens",
         "FLOPs",
+        "D/N",
+        "epochs",
         "est",
         "action",
     ):
         table.add_column(col, justify="left" if col in ("run_id", "action") else "right")
+    per_run = checks[0] if checks else [None] * len(planned)
     colour = {"run": "cyan", "resume": "yellow", "skip": "green", "rerun": "magenta", "hold": "red"}
-    for p, r in zip(planned, plan_rows(planned), strict=True):
+    for p, r, c in zip(planned, plan_rows(planned), per_run, strict=True):
         table.add_row(
             r["run_id"],
             str(r["n_experts"]),
@@ -148,6 +228,8 @@ def render_plan(
             human(r["total_params"]),
             human(r["tokens"]),
             f"{r['flops']:.2e}",
+            _flagged(f"{r['tokens'] / r['active_params']:.3g}", c, "D/N"),
+            _flagged("-" if c is None or c.epochs is None else f"{c.epochs:.2g}", c, "epochs"),
             duration(r["est_s"]) if r["est_s"] else "-",
             f"[{colour[p.action]}]{p.action}[/]" + (f" ({p.state})" if p.action in ("hold", "rerun") else ""),
         )
@@ -164,6 +246,19 @@ def render_plan(
         console.print(
             f"[red]{counts['hold']} failed or diverged run(s) are held: rerun them with --rerun-failed[/]"
         )
+    if checks:
+        flagged = [(p, c) for p, c in zip(planned, checks[0], strict=True) if c.flags]
+        floor = spec.checks.get("min_tokens_per_param", 1.0)
+        console.print(f"corpus: {'; '.join(checks[1])}; floor {floor:g} tokens per activated parameter")
+        if flagged:
+            console.print(f"[red]{len(flagged)} run(s) flagged:[/]")
+            for p, c in flagged:
+                console.print(f"[red]  {p.run_id}: {', '.join(c.flags)}[/]")
+
+
+def _flagged(text: str, check: RunCheck | None, what: str) -> str:
+    bad = check is not None and any(f.startswith(what) or f.endswith(what) for f in check.flags)
+    return f"[red]{text}[/]" if bad else text
 
 
 def human(n: float) -> str:

@@ -21,9 +21,18 @@ Generators (as Ray Tune's grid_search; IsoFLOP profiles of Hoffmann et al. 2022,
 
 - ``grid``: the cross product of every axis;
 - ``zip``: the i-th values of every axis together (all axes of equal length);
-- ``isoflop``: for each compute budget in ``axes.flops`` and each size in ``axes.active_params`` (crossed with
-  the other axes), the tokens are derived so the run spends that budget:
-  ``tokens = flops / moelab.accounting.train_flops_per_token(model, seq_len)``.
+- ``isoflop``: for each compute budget in ``axes.flops`` and each size (crossed with the other axes), the
+  tokens are derived so the run spends that budget:
+  ``tokens = flops / moelab.accounting.train_flops_per_token(model, seq_len)``. The sizes are either
+  ``axes.active_params`` (one list for every budget) or, with an ``isoflop:`` block, centred on each budget's
+  expected optimum: ``isoflop: {sizes: 5, factor: 2, tokens_per_param: 20}`` puts ``sizes`` values a
+  ``factor`` apart around the N that trains on ``tokens_per_param`` tokens per activated parameter at that
+  budget (by the lab's own FLOP count; 20 is Hoffmann et al. 2022's ratio), and ``center: hunyuan-large``
+  around that preset paper's N_opt(C) (``moelab.presets.paper_facts``) instead.
+
+``checks: {min_tokens_per_param: 1, corpus_tokens: 1e10}`` states what ``moelab sweep plan`` flags: a run
+under the tokens-per-parameter floor, or one that would see more than one epoch of its corpus
+(``corpus_tokens``; without it the plan counts a local corpus's training tokens, see moelab.sweep.plan).
 
 An axis is a list of values or a geometric grid around a centre, ``{around: X, factor: F, n: K}`` = K values
 X·F^(i - (K-1)/2) (integers for ``batch_size``, ``n_experts``, ``top_k``): the LR x batch grids of
@@ -72,7 +81,15 @@ TOP_KEYS = (
     "retries",
     "estimate",
     "tracker",
+    "isoflop",
+    "checks",
 )
+ISOFLOP_KEYS = ("sizes", "factor", "tokens_per_param", "center")
+CHECK_KEYS = ("min_tokens_per_param", "corpus_tokens")
+#: Hoffmann et al. 2022's compute-optimal ratio, the default centre of an isoflop size grid.
+CHINCHILLA_TOKENS_PER_PARAM = 20.0
+#: The default floor of ``checks.min_tokens_per_param``: fewer tokens than activated parameters.
+DEFAULT_MIN_TOKENS_PER_PARAM = 1.0
 RESOURCE_KEYS = ("cpus", "gpus", "custom")
 ESTIMATE_KEYS = ("flops_per_s", "overhead_s")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -138,6 +155,8 @@ class SweepSpec:
     description: str = ""
     source: str = "<spec>"
     tracker: tuple[str, ...] = ()  # live trackers (moelab.train.trackers): not part of any run id
+    isoflop: dict[str, Any] | None = None  # the centring of isoflop size grids (None: axes.active_params)
+    checks: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -178,7 +197,9 @@ class SweepSpec:
             raise err("generator", f"must be one of {'|'.join(GENERATORS)}, got {generator!r}")
         axes = _parse_axes(raw.get("axes") or {}, err)
         linked = _parse_linked(raw.get("linked"), generator, axes, err)
-        _check_axes(generator, axes, linked, sections, err)
+        isoflop = _parse_isoflop(raw.get("isoflop"), generator, axes, linked, err)
+        checks = _parse_checks(raw.get("checks"), err)
+        _check_axes(generator, axes, linked, sections, err, centred=isoflop is not None)
         _check_repeats(generator, axes, linked, err)
         seeds = _parse_seeds(raw.get("seeds"), err)
         resources = _parse_resources(raw.get("resources") or {}, err)
@@ -218,11 +239,15 @@ class SweepSpec:
             description=str(description),
             source=source,
             tracker=tracker,
+            isoflop=isoflop,
+            checks=checks,
         )
 
     # ------------------------------------------------------------------ expansion
     def points(self) -> list[dict[str, Any]]:
         """The axis values of every trial, in a stable order (generator order, then seeds)."""
+        if self.generator == "isoflop" and self.isoflop is not None:
+            return self._centred_points()
         # Axes in one group vary together (zip); groups are crossed (grid). zip = one group of every axis;
         # isoflop crosses like grid and derives tokens afterwards.
         if self.generator == "zip":
@@ -242,6 +267,59 @@ class SweepSpec:
                     point["seed"] = seed
                 out.append(point)
         return out
+
+    def _combos(self, axes: dict[str, list[Any]]) -> list[dict[str, Any]]:
+        """The cross product of ``axes`` (linked groups varying together) as point dicts."""
+        in_group = {a for g in self.linked for a in g}
+        groups = [tuple(g) for g in self.linked if all(a in axes for a in g)]
+        groups += [(a,) for a in axes if a not in in_group]
+        values = [list(zip(*(axes[a] for a in g), strict=True)) for g in groups]
+        names = [a for g in groups for a in g]
+        out = []
+        for combo in itertools.product(*values):
+            flat = dict(zip(names, (v for part in combo for v in part), strict=True))
+            out.append({a: flat[a] for a in axes})
+        return out
+
+    def _centred_points(self) -> list[dict[str, Any]]:
+        """isoflop with an ``isoflop:`` block: per budget, ``sizes`` activated sizes ``factor`` apart around
+        the budget's expected optimum (:meth:`expected_optimum`)."""
+        iso = self.isoflop or {}
+        n, factor = int(iso.get("sizes", 5)), float(iso.get("factor", 2.0))
+        others = {a: v for a, v in self.axes.items() if a != "flops"}
+        out = []
+        for combo in self._combos(others):
+            for c in self.axes["flops"]:
+                centre = self.expected_optimum(c, combo)
+                for i in range(n):
+                    size = float(f"{centre * factor ** (i - (n - 1) / 2):.3g}")
+                    for seed in self.seeds or (None,):
+                        point = {**combo, "flops": c, "active_params": size}
+                        if seed is not None:
+                            point["seed"] = seed
+                        out.append(point)
+        return out
+
+    def expected_optimum(self, flops: float, combo: dict[str, Any] | None = None) -> float:
+        """The activated size an isoflop grid is centred on at compute ``flops``: the ``center`` preset
+        paper's N_opt(C), or the N that trains on ``tokens_per_param`` tokens per activated parameter by the
+        lab's own FLOP count (a fixed point of N = sqrt(C / (cost per token per parameter * ratio)))."""
+        from moelab.presets import paper_facts
+
+        iso = self.isoflop or {}
+        if iso.get("center"):
+            return float(paper_facts(iso["center"]).allocation(flops)[0])
+        ratio = float(iso.get("tokens_per_param", CHINCHILLA_TOKENS_PER_PARAM))
+        n = math.sqrt(flops / (6.0 * ratio))
+        err = _Errors(self.source)
+        for _ in range(12):
+            run = build_run(self, {**(combo or {}), "flops": flops, "active_params": n}, err)
+            per_param = run.flops_per_token() / n  # the lab's cost per token, per nominal parameter
+            n_new = math.sqrt(flops / (per_param * ratio))
+            if abs(math.log(n_new / n)) < 1e-4:
+                return n_new
+            n = n_new
+        return n
 
     def trials(self) -> list[Trial]:
         """Every distinct run of the sweep (duplicate configurations collapse into one, first wins)."""
@@ -439,7 +517,65 @@ def _check_repeats(generator: str, axes: dict, linked: tuple, err: _Errors) -> N
             raise err(f"axes.{g[0]}", f"the linked values of {', '.join(g)} repeat a combination")
 
 
-def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, dict], err: _Errors) -> None:
+def _parse_isoflop(raw: Any, generator: str, axes: dict, linked: tuple, err: _Errors) -> dict | None:
+    """``isoflop: {sizes, factor, tokens_per_param | center}``: centred size grids (generator isoflop)."""
+    if raw is None:
+        return None
+    if generator != "isoflop":
+        raise err("isoflop", f"centres the sizes of generator isoflop; this spec's generator is {generator}")
+    if not isinstance(raw, dict):
+        raise err("isoflop", "must be a mapping, e.g. {sizes: 5, factor: 2, tokens_per_param: 20}")
+    for k in raw:
+        if k not in ISOFLOP_KEYS:
+            raise err(f"isoflop.{k}", f"unknown key; allowed: {', '.join(ISOFLOP_KEYS)}")
+    if "active_params" in axes:
+        raise err("axes.active_params", "give either axes.active_params or an isoflop: centring block")
+    if any(a in g for g in linked for a in ("flops", "active_params")):
+        raise err("linked", "a centred isoflop grid derives the sizes per budget; do not link flops")
+    out: dict[str, Any] = {}
+    sizes = raw.get("sizes", 5)
+    if not (_is_int(sizes) and sizes >= 3):
+        raise err("isoflop.sizes", f"must be an integer >= 3 (a parabola needs 3 sizes), got {sizes!r}")
+    out["sizes"] = sizes
+    factor = _number(raw.get("factor", 2.0), "isoflop.factor", err, positive=True)
+    if factor <= 1:
+        raise err("isoflop.factor", f"must be > 1, got {factor!r}")
+    out["factor"] = float(factor)
+    if "center" in raw:
+        if "tokens_per_param" in raw:
+            raise err("isoflop.center", "give either center (a preset's law) or tokens_per_param, not both")
+        from moelab.presets import paper_facts
+
+        try:
+            paper_facts(str(raw["center"]))
+        except ConfigError as exc:
+            raise err("isoflop.center", _one_line(exc)) from None
+        out["center"] = str(raw["center"])
+    else:
+        ratio = raw.get("tokens_per_param", CHINCHILLA_TOKENS_PER_PARAM)
+        out["tokens_per_param"] = float(_number(ratio, "isoflop.tokens_per_param", err, positive=True))
+    return out
+
+
+def _parse_checks(raw: Any, err: _Errors) -> dict[str, float]:
+    """``checks: {min_tokens_per_param, corpus_tokens}``: what ``moelab sweep plan`` flags."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise err("checks", f"must be a mapping with {', '.join(CHECK_KEYS)}")
+    for k in raw:
+        if k not in CHECK_KEYS:
+            raise err(f"checks.{k}", f"unknown key; allowed: {', '.join(CHECK_KEYS)}")
+    floor = raw.get("min_tokens_per_param", DEFAULT_MIN_TOKENS_PER_PARAM)
+    out = {"min_tokens_per_param": float(_number(floor, "checks.min_tokens_per_param", err, positive=True))}
+    if raw.get("corpus_tokens") is not None:
+        tokens = _number(raw["corpus_tokens"], "checks.corpus_tokens", err, positive=True)
+        out["corpus_tokens"] = float(tokens)
+    return out
+
+
+def _check_axes(
+    generator: str, axes: dict, linked: tuple, sections: dict[str, dict], err: _Errors, centred: bool = False
+) -> None:
     if "tokens" in axes and "flops" in axes:
         raise err(
             "axes.flops", "give either axes.tokens or axes.flops, not both (tokens are derived from flops)"
@@ -456,11 +592,10 @@ def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, d
     if generator == "isoflop":
         if "tokens" in axes:
             raise err("axes.tokens", "isoflop derives tokens from axes.flops; remove axes.tokens")
-        for k in ("flops", "active_params"):
+        for k in ("flops",) if centred else ("flops", "active_params"):
             if k not in axes:
-                raise err(
-                    f"axes.{k}", f"isoflop needs a list of {'compute budgets' if k == 'flops' else 'sizes'}"
-                )
+                what = "compute budgets" if k == "flops" else "sizes (or an isoflop: centring block)"
+                raise err(f"axes.{k}", f"isoflop needs a list of {what}")
     for key in axes:
         if key in BUDGET_AXES and key in sections["model"]:
             raise err(f"model.{key}", f"is also an axis (axes.{key}); keep one")
@@ -476,6 +611,7 @@ def _check_axes(generator: str, axes: dict, linked: tuple, sections: dict[str, d
             (k in axes or k in sections["model"])
             and "active_params" not in axes
             and "active_params" not in sections["model"]
+            and not centred
         ):
             where = f"axes.{k}" if k in axes else f"model.{k}"
             raise err(where, "needs active_params (in model or axes) to build the model from a budget")
