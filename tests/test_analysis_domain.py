@@ -174,3 +174,21 @@ def test_parameters_on_a_bound_are_flagged():
     h = holdout(chinchilla_runs(noise=0.003), "chinchilla", max_starts=16, bootstrap=8)
     assert h.on_bound == [] and h.holdout.interval[0] <= h.holdout.interval[1]
     assert "bootstrap" in h.holdout.interval_basis
+
+
+def test_n_convention_shift_refits_the_same_runs():
+    from analysis.convention import convention_shift
+
+    df = chinchilla_runs(noise=0.003, seed=4)
+    df["active_params_with_embedding"] = df["active_params"] + 3e7  # an embedding of 3e7 parameters
+    res = holdout(df, "chinchilla", max_starts=16, bootstrap=8)
+    shift = convention_shift(res, df.reset_index(drop=True), max_starts=16).set_index("parameter")
+    # the slow obvious reference: the same training runs with N replaced, fitted directly
+    rows = df.reset_index(drop=True).loc[res.data.index]
+    direct = fit(rows.assign(active_params=rows["active_params_with_embedding"]), "chinchilla", max_starts=16)
+    for k in ("alpha", "beta"):
+        assert shift.loc[k, "with_embedding"] == pytest.approx(direct.params[k], rel=1e-9)
+        assert shift.loc[k, "shift"] == pytest.approx(direct.params[k] - res.params[k], rel=1e-9)
+        lo, hi = res.intervals[k]
+        assert bool(shift.loc[k, "inside"]) == (lo <= direct.params[k] <= hi)
+    assert shift.loc["alpha", "with_embedding"] > res.params["alpha"]  # a fixed offset steepens the N term

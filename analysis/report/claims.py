@@ -92,6 +92,23 @@ def claims_section(data, an: Analysis) -> Section | None:
             f". At these sizes the embedding and output layer are {lo:.0%}-{hi:.0%} of the count that "
             "includes them, so exponents fitted here belong to this convention and change if it changes"
         )
+    if nc.get("shift"):
+        moved = [
+            f"{r['parameter']} from {r['value']:.3g} to {r['with_embedding']:.3g} (95% interval "
+            f"[{r['lo']:.3g}, {r['hi']:.3g}]{', outside it' if r['inside'] is False else ''})"
+            for r in nc["shift"]
+        ]
+        outside = [r["parameter"] for r in nc["shift"] if r["inside"] is False]
+        text += (
+            f". Refitted with N counting the embedding, {nc['law']} moves "
+            + "; ".join(moved)
+            + ": "
+            + (
+                f"the convention changes {', '.join(outside)} by more than the runs' own uncertainty"
+                if outside
+                else "every exponent stays inside its interval: these runs cannot tell the conventions apart"
+            )
+        )
     paras.append(text + ".")
     best = next((x for x in an.laws if x.name == an.best), None)
     r = an.ranking

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from analysis.compare import EXPONENTS
+from analysis.convention import WITH_EMBEDDING, convention_shift
 from analysis.domain import levels
 from analysis.extrapolate import extrapolate, paper_allocation
 from analysis.frontier import fit_cost, frontier
@@ -204,6 +206,7 @@ def analyse(
         an.notes += [f"{k}: not fitted ({v})." for k, v in r.skipped.items()] + list(r.notes)
         for name, res in r.results.items():
             an.notes += [w if w.startswith(name) else f"{name}: {w}" for w in res.warnings]
+        _convention(an, ok, max_starts)
         clark = r.results.get("clark")
         if clark is not None and clark.domain is not None and len(clark.domain.mask) == len(ok):
             lv = levels(ok, "tokens")[clark.domain.mask]
@@ -243,6 +246,22 @@ def _n_convention(ok: pd.DataFrame) -> dict:
         share = 1 - ok["active_params"].astype(float) / ok["active_params_with_embedding"].astype(float)
         out["embedding_share"] = [float(share.min()), float(share.max())]
     return out
+
+
+def _convention(an: Analysis, ok: pd.DataFrame, max_starts: int | None) -> None:
+    """The best law refitted with N counting the embedding: its exponents' shifts beside their intervals."""
+    res = an.results.get(an.best)
+    if res is None or res.bootstrap is None or WITH_EMBEDDING not in ok.columns:
+        return
+    try:
+        shift = convention_shift(res, ok, max_starts=max_starts)
+    except MoelabError as exc:
+        an.notes.append(f"N-convention check not run ({str(exc).splitlines()[0]}).")
+        return
+    names = EXPONENTS.get(an.best, ())
+    shift = shift[shift["parameter"].isin(names)] if names else shift
+    an.n_convention["law"] = an.best
+    an.n_convention["shift"] = shift.to_dict(orient="records")
 
 
 def _isoflop(an: Analysis, ok: pd.DataFrame, target: str, n_boot: int) -> None:
