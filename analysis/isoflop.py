@@ -2,7 +2,7 @@
 
 Runs are grouped by architecture (:func:`analysis.domain.arch_key`) and compute budget: the sweep's nominal
 budget (``nominal_flops``, the isoflop generator's axis) where the table has it, else the ``budget`` column,
-else the runs' compute grouped into levels (:func:`analysis.domain.levels`). In each group with at least 3
+else windows of compute at most 0.06 decades wide (:func:`budgets_of`). In each group with at least 3
 distinct sizes, a parabola of loss in log N gives the loss-minimising N*(C); the tokens at N* come from the
 budget's own runs (log D is linear in log N along an IsoFLOP profile: D = C / cost per token), so every budget
 uses its own cost rather than one median C/(ND). Minima outside the sizes tried are extrapolations of the
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.domain import arch_key, levels
+from analysis.domain import arch_key
 from analysis.frontier import cost_per_token
 from analysis.validate import compute_of
 from moelab.errors import MoelabError
@@ -32,12 +32,30 @@ PARAMS = ("k_N", "a", "k_D", "b")
 MIN_SIZES = 3
 
 
+BUDGET_TOL_DEX = 0.06  # runs without a nominal budget share one when within 0.06 decades (15%) of its first
+
+
 def budgets_of(df: pd.DataFrame) -> np.ndarray:
-    """A budget label per run: the nominal budget, the ``budget`` column, or the level of its compute."""
-    if "budget" in df.columns and "nominal_flops" not in df.columns:
+    """A budget label per run: the nominal budget (``nominal_flops``), the ``budget`` column, or, for runs
+    that name none, windows of compute at most :data:`BUDGET_TOL_DEX` wide (from the smallest up), so a grid
+    of N x D whose products happen to lie close never chains into one wide "budget"."""
+    if "nominal_flops" in df.columns:
+        nom = pd.to_numeric(df["nominal_flops"], errors="coerce").to_numpy(np.float64)
+        if np.all(np.isfinite(nom)):
+            return nom
+    if "budget" in df.columns:
         return df["budget"].to_numpy(np.float64)
-    frame = df if "flops" in df.columns else df.assign(flops=compute_of(df))
-    return levels(frame, "flops")
+    C = compute_of(df)
+    logc = np.log10(C)
+    order = np.argsort(logc, kind="stable")
+    out = np.empty(len(C))
+    start = 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or logc[order[i]] - logc[order[start]] > BUDGET_TOL_DEX:
+            members = order[start:i]
+            out[members] = float(np.median(C[members]))
+            start = i
+    return out
 
 
 def _group_minimum(logN: np.ndarray, logD: np.ndarray, loss: np.ndarray) -> tuple | None:

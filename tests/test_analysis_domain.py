@@ -192,3 +192,22 @@ def test_n_convention_shift_refits_the_same_runs():
         lo, hi = res.intervals[k]
         assert bool(shift.loc[k, "inside"]) == (lo <= direct.params[k] <= hi)
     assert shift.loc["alpha", "with_embedding"] > res.params["alpha"]  # a fixed offset steepens the N term
+
+
+def test_isoflop_budgets_of_a_grid_never_chain_into_a_wide_budget():
+    """A grid of N x D (no nominal budget) whose products lie within 20-30% of each other: every IsoFLOP
+    profile holds runs within 0.06 decades of compute, and a nominal budget groups exactly as given."""
+    from analysis.isoflop import budgets_of, isoflop_minima
+
+    df = grid_runs(active_params=np.geomspace(1e6, 1e8, 9), tokens=np.geomspace(1e8, 1e10, 9))
+    df["flops"] = 6 * df["active_params"] * df["tokens"]
+    df["loss"] = 2 + 0.05 * (np.log(df["active_params"]) - 0.5 * np.log(df["flops"]) + 5) ** 2
+    for ids in isoflop_minima(df)["run_ids"]:
+        c = df.set_index("run_id").loc[ids, "flops"]
+        assert np.log10(c.max() / c.min()) <= 0.06 + 1e-12
+    b = budgets_of(df)
+    for label in np.unique(b):  # every window is at most 0.06 decades wide
+        c = df["flops"][b == label]
+        assert np.log10(c.max() / c.min()) <= 0.06 + 1e-12
+    nominal = df.assign(nominal_flops=np.where(df["flops"] > 1e16, 1e17, 1e15))
+    np.testing.assert_array_equal(budgets_of(nominal), nominal["nominal_flops"])
