@@ -18,7 +18,8 @@ without a target or model flags both run. ``--target dispatch`` (issue 18) times
 rounds, the dense model of activated FFN width 1024 (d_model 256) and three MoE shapes at equal activated
 parameters (E = 8 top-1, E = 16 top-2, E = 64 top-8) under each dispatch strategy (``capacity`` at capacity
 factor 1.25, ``dropless`` = ragged_dot, ``blocksparse``), reporting each step time over the dense one and the
-step's FLOPs as XLA compiled them over the dense step's (padding and dense fallbacks show there). A strategy
+step's FLOPs as XLA compiled them over the dense step's (padding and dense fallbacks show there; XLA
+counts a loop body once, so blocksparse has no such figure). A strategy
 whose compiled step exceeds ``--max-flops-ratio`` times the dense FLOPs (ragged_dot's dense masked product on
 CPU) is compiled but not timed. ``--json PATH`` writes the results atomically.
 """
@@ -259,11 +260,11 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
     return step, state, tokens
 
 
-def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None):
+def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None, gated=()):
     """Compile every model's step, then time them and the matmul peak in alternating rounds (so that all see
-    the same machine load); the best round of each counts. With ``max_flops_ratio``, a model whose compiled
-    step has more than that many times the FLOPs of ``models``' first one (XLA's cost analysis) is compiled
-    but not timed. Returns ({key: run record}, peak FLOP/s)."""
+    the same machine load); the best round of each counts. With ``max_flops_ratio``, a model of ``gated``
+    whose compiled step has more than that many times the FLOPs of ``models``' first one (XLA's cost
+    analysis) is compiled but not timed. Returns ({key: run record}, peak FLOP/s)."""
     runs = {}
     for key, c in models.items():
         t0 = time.perf_counter()
@@ -271,7 +272,8 @@ def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_fl
         runs[key] = dict(step=step, state=state, tokens=tokens, xla_flops=step.xla_flops, best=1e30,
                          loss=None, compile_s=time.perf_counter() - t0)  # fmt: skip
         first = runs[next(iter(runs))]["xla_flops"]
-        if max_flops_ratio and step.xla_flops and first and step.xla_flops > max_flops_ratio * first:
+        over = max_flops_ratio and step.xla_flops and first and step.xla_flops > max_flops_ratio * first
+        if key in gated and over:
             runs[key].update(best=None, state=None)  # not timed: drop its buffers
     peak = 0.0
     for r in range(rounds):
@@ -324,8 +326,8 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
                    strategies=DISPATCH_STRATEGIES, capacity_factor=1.25, max_flops_ratio=8.0):  # fmt: skip
     """Issue 18: the dense model ``base`` (FFN width ``base.d_expert`` is replaced by each shape's
     top_k·d_expert, which must be equal across shapes) against every (n_experts, top_k, d_expert) shape under
-    every strategy, all timed in the same alternating rounds. ``blocksparse`` records its block size."""
-    from moelab.model.dispatch.blocksparse import block_size
+    every strategy, all timed in the same alternating rounds. ``blocksparse`` records its block sizes."""
+    from moelab.model.dispatch.blocksparse import block_sizes
 
     widths = {k * f for _, k, f in shapes}
     if len(widths) != 1:
@@ -339,18 +341,19 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
             models[f"E{e}-top{k}/{strategy}"] = base.replace(
                 n_experts=e, top_k=k, d_expert=f, dispatch=strategy, capacity_factor=capacity_factor
             )
-    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio)
+    # XLA counts a while loop's body once, so only loop-free strategies have a FLOP count to gate on
+    gated = [key for key, c in models.items() if c.dispatch in ("capacity", "dropless")]
+    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio, gated)
     out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "capacity_factor": capacity_factor,
            "max_flops_ratio": max_flops_ratio, "dense": _record(dense, runs["dense"], seq_len, batch, peak),
            "shapes": {}}  # fmt: skip
     t_dense, f_dense = out["dense"]["step_s"], out["dense"]["xla_flops"]
     for e, k, f in shapes:
-        row = {"n_experts": e, "top_k": k, "d_expert": f, "block_size": block_size(seq_len * batch * k, e)}
+        row = {"n_experts": e, "top_k": k, "d_expert": f, "block_sizes": block_sizes(seq_len * batch * k, e)}
         for strategy in strategies:
             key = f"E{e}-top{k}/{strategy}"
             rec = _record(models[key], runs[key], seq_len, batch, peak)
             rec["ratio"] = None if rec["step_s"] is None else rec["step_s"] / t_dense
-            # XLA counts a while loop's body once: blocksparse's loop over blocks has no meaningful count
             countable = strategy != "blocksparse" and rec["xla_flops"] and f_dense
             rec["xla_flops_ratio"] = rec["xla_flops"] / f_dense if countable else None
             row[strategy] = rec
@@ -389,7 +392,7 @@ def _print_dispatch(res: dict) -> None:
                 timing = f"{'not timed':>17s}"
             else:
                 timing = f"{r['step_s'] * 1e3:9.1f} {r['ratio']:8.3f}"
-            extra = f"  (b = {row['block_size']})" if strategy == "blocksparse" else ""
+            extra = f"  (blocks {row['block_sizes']})" if strategy == "blocksparse" else ""
             print(f"  {name:14s} {strategy:12s} {timing}   {flops:>8s}{extra}")
 
 

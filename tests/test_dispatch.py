@@ -114,9 +114,9 @@ def _top_idx(kind, k):
     "k, block, routing",
     [
         (1, 5, "random"),  # N·k = 24 not a multiple of 5: every expert ends in a partial block
-        (2, 4, "random"),  # several blocks per expert
-        (2, 7, "empty_expert"),
-        (1, 4, "one_expert"),  # all N tokens to expert 0, the others empty
+        (2, (8, 4, 2), "random"),  # full blocks, the binary digits of the rest, a last partial block
+        (2, (16, 8, 4), "empty_expert"),
+        (1, (8, 4), "one_expert"),  # all N tokens to expert 0 (24 = 3 x 8), the others empty
         (2, 64, "random"),  # one block larger than all rows
     ],
 )
@@ -139,13 +139,13 @@ def test_blocksparse_matches_reference(k, block, routing):
         assert all(float(jnp.max(jnp.abs(g[1:]))) == 0.0 for g in grads[2:])
 
 
-def test_blocksparse_block_size_rule_and_bfloat16():
-    # CPU rule: the largest candidate with E·b <= N·k / 4, never below 32
-    assert blocksparse.block_size(4096, 8, "cpu") == 128
-    assert blocksparse.block_size(4096 * 8, 64, "cpu") == 128
-    assert blocksparse.block_size(4096 * 8, 8, "cpu") == 256
-    assert blocksparse.block_size(48, 4, "cpu") == 32
-    assert blocksparse.block_size(4096, 8, "gpu") == 128
+def test_blocksparse_block_sizes_rule_and_bfloat16():
+    # CPU rule: halving sizes from the largest power of two <= N·k / E (within [32, 128]) down to 32
+    assert blocksparse.block_sizes(4096, 8, "cpu") == (128, 64, 32)
+    assert blocksparse.block_sizes(4096 * 8, 64, "cpu") == (128, 64, 32)
+    assert blocksparse.block_sizes(1000, 16, "cpu") == (32,)
+    assert blocksparse.block_sizes(48, 4, "cpu") == (32,)
+    assert blocksparse.block_sizes(4096, 8, "gpu") == (128,)
     x, top_idx, top_w, wg, wu, wd, proj = _inputs(3, 2)
     bf = [a.astype(jnp.bfloat16) for a in (x, wg, wu, wd)]
     y16, _, _ = blocksparse.dispatch(bf[0], top_idx, top_w, *bf[1:], block=5)
