@@ -111,7 +111,8 @@ def format_table(result: dict) -> str:
         if "skipped" in c:
             return "n/a"
         tag = f" ({c['set']})" if "set" in c else ""
-        return f"{c['rmse']:.4f} / {c['median_abs_rel_error']:.2%}{tag}"
+        mark = " †" if c.get("warnings") else ""
+        return f"{c['rmse']:.4f} / {c['median_abs_rel_error']:.2%}{tag}{mark}"
 
     head = "| law | " + " | ".join(names) + " |"
     lines = [head, "|" + " --- |" * (len(names) + 1)]
@@ -122,6 +123,10 @@ def format_table(result: dict) -> str:
         for m in result["datasets"]
     )
     lines += ["", f"Cells: held-out RMSE (nats/token) / median |relative error|. {held}."]
+    if any(c.get("warnings") for c in result["cells"]):
+        lines.append(
+            "† the fit warned (e.g. its optimum lies beyond the grid of starts): see --json `warnings`."
+        )
     reasons: dict[tuple[str, str], list[str]] = {}
     for c in result["cells"]:
         if "skipped" in c:
