@@ -347,7 +347,8 @@ def test_an_oom_killed_trial_is_failed_with_the_reason_the_sweep_goes_on_and_rer
     assert done.returncode == 1 and "1 succeeded, 1 failed" in log, log
     ok, oom = (json.loads((runs[s] / "summary.json").read_text()) for s in (0, 7))
     assert ok["status"] == "succeeded"  # the sweep went on
-    assert oom["status"] == "failed" and "out of memory: the kernel's OOM killer" in oom["error"], oom["error"]
+    assert oom["status"] == "failed", oom
+    assert "out of memory: the kernel's OOM killer" in oom["error"], oom["error"]
     assert len((runs[7] / "attempts.jsonl").read_text().splitlines()) == 2  # the first try and Ray's retry
     assert int((memory_cgroup / "memory.failcnt").read_text()) > 0  # the limit was really hit
 

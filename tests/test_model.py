@@ -167,10 +167,25 @@ def test_capacity_without_overflow_equals_the_dropless_strategies_in_the_model_w
 
 
 def test_bfloat16_compute_runs_with_float32_logits():
-    cfg = ModelConfig(**SMALL, n_layers=2, n_experts=4, dtype="bfloat16")
-    logits, stats = _forward(Transformer(cfg, rngs=nnx.Rngs(0)), jnp.zeros((1, 8), jnp.int32), None)
+    """dtype=bfloat16 computes the matrix products in bfloat16 on float32 parameters and returns float32
+    logits and router statistics: the logits differ from the float32 model's by bfloat16 rounding (8-bit
+    significand: 2**-8 = 0.4% per rounding; measured 0.29% of the largest logit), not more and not 0."""
+    cfg32 = ModelConfig(**SMALL, n_layers=2, n_experts=4)
+    m32, m16 = (Transformer(c, rngs=nnx.Rngs(0)) for c in (cfg32, cfg32.replace(dtype="bfloat16")))
+    tokens = jax.random.randint(jax.random.key(4), (2, 16), 0, cfg32.vocab_size, dtype=jnp.int32)
+    logits32, _ = _forward(m32, tokens, None)
+    logits, stats = _forward(m16, tokens, None)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
     assert stats.aux_loss.dtype == jnp.float32 and stats.load.dtype == jnp.float32
+    p32, p16 = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (m32, m16))
+    for a, b in zip(p32, p16, strict=True):
+        assert a.dtype == b.dtype == jnp.float32 and bool(jnp.all(a == b))  # the same float32 parameters
+    err = float(jnp.max(jnp.abs(logits - logits32)) / jnp.max(jnp.abs(logits32)))
+    assert 1e-4 < err < 3e-2, err  # bfloat16 rounding really happened, and only rounding
+    graphdef, state = nnx.split(m16)
+    jaxpr = str(jax.make_jaxpr(lambda s, t: nnx.merge(graphdef, s)(t)[0])(state, tokens))
+    dots = [line for line in jaxpr.splitlines() if "dot_general" in line]
+    assert dots and sum("bf16" in line for line in dots) >= len(dots) // 2, dots[:3]
 
 
 def test_dense_model_reports_a_single_expert_taking_every_token():
@@ -183,7 +198,9 @@ def test_dense_model_reports_a_single_expert_taking_every_token():
 
 
 def test_remat_policy_changes_memory_not_gradients():
-    """moelab.parallel.remat.use_remat reaches the scanned layers; the loss and gradients stay the same."""
+    """moelab.parallel.remat.use_remat reaches the scanned layers: XLA's memory analysis of the compiled
+    gradient step shows the temporary memory falling none > minimal > full (measured on this model: 468, 156
+    and 122 kB, so full keeps about a quarter of none), while the loss and gradients stay the same."""
     model = Transformer(MOE, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, MOE.vocab_size)
@@ -192,10 +209,14 @@ def test_remat_policy_changes_memory_not_gradients():
         logits, stats = nnx.merge(graphdef, p)(tokens)
         return jnp.mean(logits**2) + stats.aux_loss.mean()
 
-    base = jax.value_and_grad(loss)(params)
-    with use_remat("full"):
-        remat = jax.value_and_grad(loss)(params)
-        jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
-    assert "remat" in jaxpr or "checkpoint" in jaxpr
-    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(remat), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    temp, grads = {}, {}
+    for policy in ("none", "minimal", "full"):
+        with use_remat(policy):
+            compiled = jax.jit(jax.value_and_grad(loss)).lower(params).compile()
+        temp[policy] = compiled.memory_analysis().temp_size_in_bytes
+        grads[policy] = compiled(params)
+    assert temp["none"] > temp["minimal"] > temp["full"] > 0, temp
+    assert temp["full"] < 0.5 * temp["none"], temp  # keeping only each layer's input: a large saving
+    for policy in ("minimal", "full"):
+        for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[policy]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)

@@ -305,14 +305,25 @@ def test_interruption_leaves_the_run_resumable(tmp_path, corpus, monkeypatch):
     assert s["status"] == "running" and s["error"] is None
 
 
-def test_rich_progress_bar():
+def test_rich_progress_bar(capsys):
+    """The bar draws on stderr (stdout carries `moelab train`'s summary line) with the step count and the
+    text it was given; off, it draws nothing; a callable receives (step, total, text)."""
     from moelab.train.loop import _progress_bar
 
     update, close = _progress_bar(True, 10, 2)
-    update(5, "loss 1.0")
+    update(5, "loss 1.234")
     close()
+    out, err = capsys.readouterr()
+    assert out == "" and "train" in err and "5/10" in err and "loss 1.234" in err, (out, err)
     update, close = _progress_bar(False, 10, 0)
-    assert update(1, "x") is None
+    update(1, "x")
+    close()
+    assert capsys.readouterr() == ("", "")
+    seen = []
+    update, close = _progress_bar(lambda *a: seen.append(a), 10, 0)
+    update(3, "loss 2")
+    close()
+    assert seen == [(3, 10, "loss 2")]
 
 
 def test_bpe_run_reports_bits_per_byte(tmp_path, corpus):

@@ -117,6 +117,7 @@ def _progress_bar(progress, total: int, start: int):
         progress = sys.stderr.isatty()
     if not progress:
         return (lambda step, text: None), (lambda: None)
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     bar = Progress(
@@ -126,6 +127,7 @@ def _progress_bar(progress, total: int, start: int):
         TimeRemainingColumn(),
         TextColumn("{task.description}"),
         transient=False,
+        console=Console(stderr=True),  # stderr, as the isatty check: stdout carries the summary line
     )
     task = bar.add_task("", total=total, completed=start)
     bar.start()
