@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check moelab analysis tests
+	$(BIN)/lint-imports --no-cache  # the architecture contract (.importlinter); tests/test_architecture.py runs it too
 
 bench: $(STAMP)
 	$(BIN)/moelab bench step

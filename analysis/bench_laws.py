@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import datasets as ds_mod
 from analysis.compare import default_holdout, predict_published
-from analysis.fit import DELTA
+from analysis.fitting import DELTA
 from analysis.laws import LAWS
 from analysis.load import load_runs
 from analysis.published import PUBLISHED

@@ -9,41 +9,10 @@ the full-data solution); the lowest objective per resample wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from analysis.fit import FitResult, objective, pad_points, padded_size
+from analysis.fitting import Bootstrap, FitResult, objective, pad_points, padded_size
 from analysis.lbfgs import minimize_batch
-
-
-@dataclass
-class Bootstrap:
-    """Bootstrap samples of a law's reported parameters and their summaries."""
-
-    names: tuple[str, ...]
-    samples: np.ndarray  # [B, P] reported parameters per resample
-    confidence: float = 0.95
-
-    @property
-    def n(self) -> int:
-        return int(self.samples.shape[0])
-
-    @property
-    def stderr(self) -> dict[str, float]:
-        return {k: float(v) for k, v in zip(self.names, np.std(self.samples, axis=0, ddof=1), strict=True)}
-
-    @property
-    def intervals(self) -> dict[str, tuple[float, float]]:
-        q = 100 * (1 - self.confidence) / 2
-        lo, hi = np.percentile(self.samples, [q, 100 - q], axis=0)
-        return {k: (float(a), float(b)) for k, a, b in zip(self.names, lo, hi, strict=True)}
-
-    def interval(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Percentile interval of any per-sample quantity ``values`` [B, ...] at this confidence."""
-        q = 100 * (1 - self.confidence) / 2
-        lo, hi = np.percentile(values, [q, 100 - q], axis=0)
-        return lo, hi
 
 
 def resample_weights(n_points: int, n_boot: int, seed: int = 0) -> np.ndarray:
@@ -54,7 +23,7 @@ def resample_weights(n_points: int, n_boot: int, seed: int = 0) -> np.ndarray:
 
 def refit_weighted(res: FitResult, weights: np.ndarray, n_starts: int = 2, pad: bool = True) -> np.ndarray:
     """Raw optima [B, P] of ``res.law`` refitted with per-resample weights [B, n] (float64 L-BFGS); the
-    points are padded with zero weights to a bucketed count (:func:`analysis.fit.pad_points`) unless
+    points are padded with zero weights to a bucketed count (:func:`analysis.fitting.pad_points`) unless
     ``pad=False``."""
     law, data = res.law, res.data
     starts = res.top_thetas[:n_starts] if res.top_thetas is not None else res.theta[None]

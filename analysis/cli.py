@@ -240,7 +240,8 @@ def _text(out: dict) -> str:
 
 
 def run(args) -> int:
-    from analysis.fit import DELTA, fit
+    from analysis.fit import fit
+    from analysis.fitting import DELTA
     from analysis.validate import holdout
 
     caught: list[str] = []

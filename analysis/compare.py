@@ -126,7 +126,7 @@ def _published_allocation(pub: Published) -> tuple[float, float] | None:
 
 def exponent_rows(results: dict) -> list[dict]:
     """Rows (law, quantity, fitted, interval, published) for each fitted law in ``results`` (name ->
-    :class:`analysis.fit.FitResult`); the interval is the bootstrap's percentile interval when the fit has
+    :class:`analysis.fitting.FitResult`); the interval is the bootstrap's percentile interval when the fit has
     one. ``published`` maps set key -> value: the law's own sets for its exponents, every set with an
     allocation law for the allocation exponents."""
     rows = []

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult, fit
+from analysis.fit import fit
+from analysis.fitting import FitResult
 from moelab.errors import MoelabError
 
 WITH_EMBEDDING = "active_params_with_embedding"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult
+from analysis.fitting import FitResult
 from analysis.frontier import frontier
 from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import ConfigError, MoelabError

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult
+from analysis.fitting import FitResult
 from analysis.laws import Law
 from moelab.errors import ConfigError, MoelabError
 from moelab.presets import PaperFacts, paper_facts

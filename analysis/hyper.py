@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import load_runs
-from analysis.validate import compute_of
+from analysis.load import compute_of, load_runs
 from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import MoelabError
 from moelab.presets import published_train_tokens

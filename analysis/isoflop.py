@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis.domain import arch_key
 from analysis.frontier import cost_per_token
-from analysis.validate import compute_of
+from analysis.load import compute_of
 from moelab.errors import MoelabError
 
 PARAMS = ("k_N", "a", "k_D", "b")

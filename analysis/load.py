@@ -272,3 +272,10 @@ def load_runs(
     if df.empty:
         raise MoelabError(f"{paths[0]}: no runs to analyse")
     return df
+
+
+def compute_of(df: pd.DataFrame) -> np.ndarray:
+    """Training compute per run: the ``flops`` column where present, else 6 N D (Hoffmann et al. 2022)."""
+    if "flops" in df.columns and np.all(np.isfinite(df["flops"].to_numpy(dtype=np.float64))):
+        return df["flops"].to_numpy(dtype=np.float64)
+    return 6.0 * df["active_params"].to_numpy(dtype=np.float64) * df["tokens"].to_numpy(dtype=np.float64)

@@ -38,7 +38,7 @@ import pandas as pd
 
 from analysis.bootstrap import refit_many, resample_weights
 from analysis.extrapolate import preset_features
-from analysis.fit import DELTA, FitResult
+from analysis.fitting import DELTA, FitResult
 from analysis.frontier import optimal_allocation
 from analysis.laws import Law, get_law
 from moelab.errors import ConfigError, MoelabError

@@ -195,8 +195,8 @@ def run(args) -> int:
 
     from analysis.fit import fit
     from analysis.laws import get_law
+    from analysis.load import compute_of
     from analysis.suggest import Target, build_candidates, default_axes, grid_points, suggest, sweep_dict
-    from analysis.validate import compute_of
     from moelab.sweep.spec import SweepSpec
 
     _check_args(args)

@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.domain import Domain, law_domain
-from analysis.fit import DELTA, FitResult, fit
+from analysis.fit import fit
+from analysis.fitting import DELTA, FitResult, Holdout
 from analysis.laws import get_law
+from analysis.load import compute_of
 from moelab.errors import MoelabError
 
 HOLDOUT_FRACTION = 0.3  # the top 30% of compute, per stratum, is held out (fit below the 70th percentile)
@@ -30,13 +32,6 @@ MIN_POINTS_PER_PARAM = 2  # a law needs this many fit points per parameter to be
 MIN_KEEP = 6  # a stratum holds runs out only if it keeps this many in the fit (Chinchilla's 5 parameters + 1)
 N_RESAMPLE = 1000  # resamples of the held-out runs for the error's interval
 DEFAULT_LAWS = ("chinchilla", "granularity", "clark", "joint_moe", "shared_ratio")
-
-
-def compute_of(df: pd.DataFrame) -> np.ndarray:
-    """Training compute per run: the ``flops`` column where present, else 6 N D (Hoffmann et al. 2022)."""
-    if "flops" in df.columns and np.all(np.isfinite(df["flops"].to_numpy(dtype=np.float64))):
-        return df["flops"].to_numpy(dtype=np.float64)
-    return 6.0 * df["active_params"].to_numpy(dtype=np.float64) * df["tokens"].to_numpy(dtype=np.float64)
 
 
 def strata(df: pd.DataFrame) -> np.ndarray:
@@ -95,49 +90,6 @@ def split_by_compute(
     """(train, held_out) by :func:`heldout_mask`."""
     test = heldout_mask(df, fraction, threshold)
     return df[~test], df[test]
-
-
-@dataclass
-class Holdout:
-    """Predicted vs observed loss of each held-out run, summary errors and the mean error's interval."""
-
-    law: str
-    table: pd.DataFrame  # run_id, stratum, compute, observed, predicted, rel_error
-    n_train: int
-    interval: tuple[float, float] | None = None  # of mean_abs_rel_error, at ``confidence``
-    confidence: float = 0.95
-    interval_basis: str = ""
-
-    @property
-    def rmse(self) -> float:
-        return float(np.sqrt(np.mean((self.table["predicted"] - self.table["observed"]) ** 2)))
-
-    @property
-    def mean_abs_rel_error(self) -> float:
-        return float(np.mean(np.abs(self.table["rel_error"])))
-
-    @property
-    def median_abs_rel_error(self) -> float:
-        return float(np.median(np.abs(self.table["rel_error"])))
-
-    @property
-    def max_abs_rel_error(self) -> float:
-        return float(np.max(np.abs(self.table["rel_error"])))
-
-    def to_dict(self) -> dict:
-        return {
-            "law": self.law,
-            "n_train": self.n_train,
-            "n_held_out": len(self.table),
-            "rmse": self.rmse,
-            "mean_abs_rel_error": self.mean_abs_rel_error,
-            "mean_abs_rel_error_interval": None if self.interval is None else list(self.interval),
-            "confidence": self.confidence,
-            "interval_basis": self.interval_basis,
-            "median_abs_rel_error": self.median_abs_rel_error,
-            "max_abs_rel_error": self.max_abs_rel_error,
-            "runs": self.table.to_dict(orient="records"),
-        }
 
 
 def error_interval(

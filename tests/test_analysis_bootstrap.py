@@ -8,7 +8,7 @@ from _analysis_helpers import CHIN_TRUE, chinchilla_runs
 
 import analysis
 from analysis.bootstrap import resample_weights
-from analysis.fit import objective
+from analysis.fitting import objective
 from analysis.laws import CHINCHILLA
 from analysis.lbfgs import minimize_batch
 

@@ -10,7 +10,7 @@ from _analysis_helpers import CHIN_TRUE, chinchilla_runs, moe_runs, with_loss
 from scipy.optimize import minimize
 
 import analysis
-from analysis.fit import huber, objective, objective_np
+from analysis.fitting import huber, objective, objective_np
 from analysis.frontier import chinchilla_closed_form, frontier, optimal_allocation
 from analysis.lbfgs import minimize_batch
 
@@ -148,8 +148,8 @@ def test_edge_warning_fires_only_when_grid_misses_optimum():
     law = analysis.get_law("chinchilla")
     starts = law.starts()
     inside = law.from_params(np.array([CHIN_TRUE[k] for k in law.params]))
-    assert analysis.fit_mod.edge_warning(law, starts, starts[0], inside) is None
+    assert analysis.fitting.edge_warning(law, starts, starts[0], inside) is None
     outside = inside.copy()
     outside[0] = 30.0  # a beyond the grid's 25, start on the edge
     edge_start = starts[np.argmax(starts[:, 0])]
-    assert "edge" in analysis.fit_mod.edge_warning(law, starts, edge_start, outside)
+    assert "edge" in analysis.fitting.edge_warning(law, starts, edge_start, outside)

@@ -10,7 +10,8 @@ import pytest
 from _analysis_helpers import CHIN_TRUE, JOINT_TRUE, chinchilla_runs, grid_runs, with_loss
 
 from analysis.domain import _cluster, check_variation, law_domain, levels, n_levels
-from analysis.fit import FitWarning, fit
+from analysis.fit import fit
+from analysis.fitting import FitWarning
 from analysis.laws import get_law
 from analysis.validate import error_interval, heldout_mask, holdout, rank_laws, strata
 from moelab.errors import MoelabError

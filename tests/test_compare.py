@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from analysis import datasets
-from analysis.bootstrap import Bootstrap
 from analysis.compare import default_holdout, exponent_rows, predict_published, published_rows
+from analysis.fitting import Bootstrap
 from analysis.laws import CHINCHILLA
 from analysis.published import PUBLISHED
 from analysis.validate import split_by_compute

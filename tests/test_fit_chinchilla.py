@@ -47,7 +47,7 @@ def test_real_data_bootstrap_intervals_near_besiroglu(epoch_fit):
 
 def test_fit_is_a_minimum_of_the_reference_objective(epoch_fit):
     """No coordinate perturbation of the fitted raw parameters lowers the NumPy reference objective."""
-    from analysis.fit import objective_np
+    from analysis.fitting import objective_np
 
     law, data = epoch_fit.law, epoch_fit.data
     f0 = objective_np(law, epoch_fit.theta, data.X, data.logy)

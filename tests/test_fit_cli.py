@@ -11,7 +11,7 @@ from _analysis_helpers import CHIN_TRUE, chinchilla_runs
 
 import analysis
 from analysis import datasets
-from analysis.fit import FitWarning, prepare
+from analysis.fitting import FitWarning, prepare
 from analysis.laws import get_law
 from moelab.cli import main
 from moelab.errors import MoelabError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis.bootstrap import refit_weighted, resample_weights
-from analysis.fit import fit_arrays, objective, objective_np, pad_points, padded_size, prepare
+from analysis.fitting import fit_arrays, objective, objective_np, pad_points, padded_size, prepare
 from analysis.laws import get_law
 from tests._analysis_helpers import chinchilla_runs
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+import moelab
+from analysis.load import load_runs
 from moelab.errors import MoelabError
 
 __all__ = ["ResultsData", "load_results", "read_curves"]
@@ -39,19 +41,8 @@ class ResultsData:
 
 
 def _load_table(root: Path) -> pd.DataFrame:
-    """The runs table through analysis.load_runs or moelab.results.load, else the parquet itself."""
-    try:
-        from analysis import load_runs  # type: ignore[attr-defined]
-
-        return load_runs(root, succeeded_only=False)  # the sweep table shows failed and diverged runs too
-    except ImportError:
-        pass
-    try:
-        from moelab.results import load  # type: ignore[import-not-found]
-
-        return load(root)
-    except ImportError:
-        return pd.read_parquet(root / "runs.parquet")
+    """The runs table (``analysis.load.load_runs``); the sweep table shows failed and diverged runs too."""
+    return load_runs(root, succeeded_only=False)
 
 
 def _run_dir(root: Path, row: pd.Series) -> Path:
@@ -125,8 +116,6 @@ def _first(runs: pd.DataFrame, col: str, summaries: dict, key: str | None = None
 
 
 def _provenance(root: Path, runs: pd.DataFrame, summaries: dict) -> dict[str, object]:
-    import moelab
-
     sweep_file = root / "sweep.yaml"
     versions = next((s["versions"] for s in summaries.values() if isinstance(s.get("versions"), dict)), {})
     return {

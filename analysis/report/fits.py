@@ -88,7 +88,7 @@ class Analysis:
     extrapolation: dict | None = None
     clark_tokens: float | None = None  # the token budget Clark's law was fitted on
     notes: list[str] = field(default_factory=list)
-    results: dict = field(default_factory=dict)  # law name -> analysis.fit.FitResult (fit split)
+    results: dict = field(default_factory=dict)  # law name -> analysis.fitting.FitResult (fit split)
     scope: dict = field(default_factory=dict)  # spans of the runs, for the report's words
     n_convention: dict = field(default_factory=dict)
     n_boot: int | None = None  # bootstrap resamples asked for (None: each analysis's default)

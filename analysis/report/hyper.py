@@ -16,10 +16,10 @@ import pandas as pd
 
 from analysis import hyper as H
 from analysis.isoflop import fit_isoflop
+from analysis.load import compute_of
 from analysis.report import figures as F
 from analysis.report.data import ResultsData
 from analysis.report.render import Section
-from analysis.validate import compute_of
 from moelab.errors import MoelabError
 from moelab.presets import paper_facts
 
