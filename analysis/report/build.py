@@ -17,6 +17,7 @@ from analysis.report.fits import Analysis, analyse
 from analysis.report.hyper import hyper_section
 from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
+from analysis.report.reproduction import Reproduction, reproduction_section
 from analysis.validate import ranking_rows
 
 __all__ = ["SECTIONS", "build_report", "summary_lines"]
@@ -374,17 +375,23 @@ def build_report(
     max_starts: int | None = None,
     laws: list[str] | None = None,
     data: ResultsData | None = None,
+    reproduction: Reproduction | None = None,
 ) -> tuple[Path, list[str]]:
     """Write ``results_dir/report/`` (or ``out``) and return (folder, summary lines).
 
     ``n_boot``: bootstrap resamples per law (default :data:`analysis.report.fits.DEFAULT_BOOT`);
     ``max_starts``: cap on each law's grid of L-BFGS starts (default: the law's own grid);
     ``laws``: the registered laws to fit (default: all of them); ``data``: report data already loaded (a table
-    of runs, :mod:`analysis.report.table`) instead of reading ``results_dir``."""
+    of runs, :mod:`analysis.report.table`) instead of reading ``results_dir``; ``reproduction``: fresh runs
+    beside their committed twins (``moelab demo``), shown first with its verdict atop the summary."""
     data = load_results(results_dir) if data is None else data
     an = analyse(data, target=target, n_boot=n_boot, max_starts=max_starts, laws=laws)
     present = [sec for _, build in SECTIONS if (sec := build(data, an)) is not None]
     summary = summary_lines(an)
+    if reproduction is not None:
+        present.insert(0, reproduction_section(reproduction))
+        summary.insert(0, reproduction.line)
+        an.extra["reproduction"] = reproduction.to_json()
     fits = an.to_json() | an.extra
     if an.isoflop_minima is not None:
         fits["isoflop_minima"] = an.isoflop_minima.to_dict(orient="records")
