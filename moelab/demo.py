@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     sweep_s = time.perf_counter() - t0
     root = Path(outcome.get("table") or Path(args.results) / spec.name / "runs.parquet").parent
 
+    # the CLI boundary: analysis (pandas, SciPy, JAX fits) loads only once the sweep is done
     from analysis.report.build import build_report
     from analysis.report.data import load_results
     from analysis.report.reproduction import compare, load_committed, report_data
