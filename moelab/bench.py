@@ -203,15 +203,15 @@ def _run_step(args: argparse.Namespace) -> int:
     return 0
 
 
-def matmul_peak(sizes=(1024, 2048), repeats: int = 5) -> float:
-    """Best float32 FLOP/s of a jitted square matrix product over ``sizes``."""
+def matmul_peak(sizes=(1024, 2048), repeats: int = 5, dtype: str = "float32") -> float:
+    """Best FLOP/s of a jitted square matrix product over ``sizes`` in ``dtype``."""
     import jax
     import jax.numpy as jnp
 
     best = 0.0
     for n in sizes:
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
         f = jax.jit(jnp.matmul)
         f(a, b).block_until_ready()
         for _ in range(repeats):
@@ -260,7 +260,8 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
     return step, state, tokens
 
 
-def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None, gated=()):
+def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None, gated=(),
+                 peak_dtype="float32"):  # fmt: skip
     """Compile every model's step, then time them and the matmul peak in alternating rounds (so that all see
     the same machine load); the best round of each counts. With ``max_flops_ratio``, a model of ``gated``
     whose compiled step has more than that many times the FLOPs of ``models``' first one (XLA's cost
@@ -277,7 +278,7 @@ def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_fl
             runs[key].update(best=None, state=None)  # not timed: drop its buffers
     peak = 0.0
     for r in range(rounds):
-        peak = max(peak, matmul_peak(peak_sizes, repeats=2))
+        peak = max(peak, matmul_peak(peak_sizes, repeats=2, dtype=peak_dtype))
         for run_ in runs.values():
             if run_["best"] is None:
                 continue
@@ -326,7 +327,8 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
                    strategies=DISPATCH_STRATEGIES, capacity_factor=1.25, max_flops_ratio=8.0):  # fmt: skip
     """Issue 18: the dense model ``base`` (FFN width ``base.d_expert`` is replaced by each shape's
     top_k·d_expert, which must be equal across shapes) against every (n_experts, top_k, d_expert) shape under
-    every strategy, all timed in the same alternating rounds. ``blocksparse`` records its block sizes."""
+    every strategy, all timed in the same alternating rounds. ``blocksparse`` records its block sizes. The
+    matmul peak is measured in ``base.dtype`` (bf16 on a GPU, scripts/gpu_check.py)."""
     from moelab.model.dispatch.blocksparse import block_sizes
 
     widths = {k * f for _, k, f in shapes}
@@ -343,8 +345,10 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
             )
     # XLA counts a while loop's body once, so only loop-free strategies have a FLOP count to gate on
     gated = [key for key, c in models.items() if c.dispatch in ("capacity", "dropless")]
-    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio, gated)
-    out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "capacity_factor": capacity_factor,
+    runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio, gated,
+                              peak_dtype=base.dtype)  # fmt: skip
+    out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "dtype": base.dtype,
+           "capacity_factor": capacity_factor,
            "max_flops_ratio": max_flops_ratio, "dense": _record(dense, runs["dense"], seq_len, batch, peak),
            "shapes": {}}  # fmt: skip
     t_dense, f_dense = out["dense"]["step_s"], out["dense"]["xla_flops"]
@@ -378,7 +382,7 @@ def _print(res: dict) -> None:
 
 def _print_dispatch(res: dict) -> None:
     d = res["dense"]
-    print(f"dispatch: batch {res['batch']} x seq {res['seq_len']}; XLA float32 matmul peak "
+    print(f"dispatch: batch {res['batch']} x seq {res['seq_len']}; XLA {res['dtype']} matmul peak "
           f"{res['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; dense step {d['step_s'] * 1e3:.1f} ms, "
           f"MFU {100 * d['mfu']:.1f}%; capacity factor {res['capacity_factor']}")  # fmt: skip
     print("  shape          strategy      step ms   / dense   XLA FLOPs / dense")

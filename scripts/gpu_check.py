@@ -17,8 +17,16 @@ here) and (b) the datasheet peak. One JSON line at the end carries every figure 
 Budget: under 5 minutes including compilation on an H100 (``--max-seconds`` bounds the timed loop).
 ``--smoke`` runs the same path on tiny shapes on CPU (it is part of the test suite).
 
-    python scripts/gpu_check.py            # on the GPU machine
-    python scripts/gpu_check.py --smoke    # anywhere, a few seconds
+``--strategies`` (issue 18) instead times the dispatch strategies in bf16 through the same production step
+(``moelab.bench.bench_dispatch``: the trainer's step and AdamW, alternating rounds): a dense model of
+d_model 1024 and FFN width 4096 against E = 8 top-1, E = 16 top-2 and E = 64 top-8 at equal activated
+parameters under ``capacity`` (factor 1.25), ``dropless`` (``ragged_dot``) and ``blocksparse``, with each
+step's MFU against the measured bf16 matmul rate, and says whether this backend's ``ragged_dot`` compiled
+to a grouped GEMM (what ``dispatch: auto`` picks follows from it).
+
+    python scripts/gpu_check.py                 # on the GPU machine
+    python scripts/gpu_check.py --strategies    # the dispatch table on the GPU machine
+    python scripts/gpu_check.py --smoke         # anywhere, a few seconds
 """
 
 from __future__ import annotations
@@ -41,7 +49,41 @@ def parse_args(argv=None):
     p.add_argument("--max-seconds", type=float, default=120.0, help="stop the timed loop after this long")
     p.add_argument("--matmul", type=int, default=0, help="matmul size for the measured peak (default 8192)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON result here (atomically)")
+    p.add_argument("--strategies", action="store_true", help="time the dispatch strategies (issue 18)")
     return p.parse_args(argv)
+
+
+#: --strategies: (n_experts, top_k, d_expert) at activated FFN width 4096 (smoke: one shape of width 64)
+STRATEGY_SHAPES = ((8, 1, 4096), (16, 2, 2048), (64, 8, 512))
+SMOKE_STRATEGY_SHAPES = ((4, 2, 32),)
+
+
+def strategy_timings(args) -> dict:
+    """The dispatch table of issue 18 in bf16 on the default device (see the module docstring)."""
+    import jax
+
+    from moelab.bench import _print_dispatch, bench_dispatch
+    from moelab.config import ModelConfig
+    from moelab.model.dispatch import ragged_dot_is_grouped, resolve
+
+    if args.smoke:
+        base = ModelConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=16)
+        shapes, batch, seq = SMOKE_STRATEGY_SHAPES, args.batch or 2, args.seq or 16
+    else:
+        base = ModelConfig(vocab_size=32768, d_model=1024, n_layers=4, n_heads=8, n_kv_heads=8, head_dim=128)
+        shapes, batch, seq = STRATEGY_SHAPES, args.batch or 8, args.seq or 2048
+    base = base.replace(dtype="bfloat16", param_dtype="bfloat16", max_seq_len=seq)
+    size = args.matmul or (256 if args.smoke else 8192)
+    # every strategy is timed (max_flops_ratio 1e9): ragged_dot's FLOPs are what the table is there to show
+    res = bench_dispatch(base, shapes, seq, batch, steps=max(1, args.steps // 3), rounds=3,
+                         peak_sizes=(size,), max_flops_ratio=1e9)  # fmt: skip
+    dev = jax.devices()[0]
+    backend = jax.default_backend()
+    res.update(device=getattr(dev, "device_kind", str(dev)), platform=dev.platform,
+               ragged_dot_grouped=ragged_dot_is_grouped(backend), auto=resolve("auto", backend))  # fmt: skip
+    _print_dispatch(res)
+    print(f"ragged_dot is a grouped GEMM here: {res['ragged_dot_grouped']}; dispatch auto -> {res['auto']}")
+    return res
 
 
 def measured_matmul_flops(n: int, dtype, reps: int = 10) -> float:
@@ -101,6 +143,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # JAX preallocates 75% of a GPU's memory by default; the sizing below assumes 90% (set before JAX starts)
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.90")
+    if args.strategies:
+        line = json.dumps(strategy_timings(args))
+        print(line)
+        if args.out:
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(line + "\n")
+            os.replace(tmp, args.out)
+        return 0
     import jax
     import jax.numpy as jnp
     import numpy as np

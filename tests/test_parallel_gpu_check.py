@@ -50,3 +50,16 @@ def test_gpu_check_sizes_the_model_to_the_card():
         bigger = cfg.replace(n_layers=cfg.n_layers + 2, n_experts=min(16, 2 * cfg.n_experts))
         assert 4 * param_counts(bigger).total_with_embedding > 0.6 * hbm  # the largest that fits
     assert h200.n_experts == 16 and h100.n_experts < 16
+
+
+def test_gpu_check_strategy_table_smoke(tmp_path):
+    """--strategies: every dispatch strategy timed in bf16 through the production step (tiny shapes, CPU)."""
+    mod = _load()
+    out = tmp_path / "strategies.json"
+    assert mod.main(["--smoke", "--strategies", "--steps", "3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["dtype"] == "bfloat16" and res["dense"]["step_s"] > 0
+    assert res["ragged_dot_grouped"] is False and res["auto"] == "blocksparse"  # CPU
+    for row in res["shapes"].values():
+        for strategy in ("capacity", "dropless", "blocksparse"):
+            assert row[strategy]["step_s"] > 0 and math.isfinite(row[strategy]["loss"])
