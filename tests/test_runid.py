@@ -159,3 +159,13 @@ def test_a_results_folder_written_by_the_first_schema_is_adopted_not_retrained(t
     # a second plan finds them under their new names: still nothing to train
     planned, _, _ = make_plan(spec, results)
     assert [p.action for p in planned] == ["skip", "skip"]
+
+
+def test_a_folder_of_the_same_identity_resumes(tmp_path):
+    """A dense run folder written with other expert-only fields is the same run: the trainer resumes it."""
+    from moelab.train.loop import check_out_dir
+
+    dense = next(t.run for t in demo_trials() if t.run.model.n_experts == 1)
+    (tmp_path / "config.json").write_text(json.dumps(dense.to_dict()))
+    other = dense.replace(model=dataclasses.replace(dense.model, dispatch="blocksparse", capacity_factor=8.0))
+    assert check_out_dir(other, tmp_path) is True

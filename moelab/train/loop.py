@@ -61,20 +61,24 @@ def _first_difference(a, b, prefix="") -> str:
 
 
 def check_out_dir(run: RunConfig, out: Path) -> bool:
-    """True when ``out`` already holds this run (resume); ConfigError when it holds another config."""
+    """True when ``out`` already holds this run (resume); ConfigError when it holds another config.
+
+    "This run" is the run id's identity (``RunConfig.identity()``): a folder whose config differs only in
+    fields the identity leaves out (a dense run's expert-only fields, a field at its baseline that a newer
+    schema spells out) holds the same run."""
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         return False
     try:
-        there = RunConfig.from_saved(json.loads(cfg_path.read_text())).semantic_dict()
+        saved = RunConfig.from_saved(json.loads(cfg_path.read_text()))
     except (ValueError, json.JSONDecodeError) as exc:
         raise ConfigError(
             f"--out: {out} holds an unreadable config.json ({str(exc).splitlines()[0]})"
         ) from None
-    here = run.semantic_dict()
-    if there != here:
+    if saved.identity() != run.identity():
+        diff = _first_difference(saved.semantic_dict(), run.semantic_dict())
         raise ConfigError(
-            f"--out: {out} holds a run with a different config ({_first_difference(there, here)}); "
+            f"--out: {out} holds a run with a different config ({diff}); "
             "use another folder"
         )
     return True
