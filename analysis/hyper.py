@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.load import compute_of, load_runs
+from analysis.load import compute_of
 from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import MoelabError
 from moelab.presets import published_train_tokens
+from moelab.results import load as load_results
 from moelab.train.metrics import read_metrics
 from moelab.train.noise import auto_expert_lr_scale
 from moelab.train.optim import expert_lr_ratio
@@ -680,7 +681,7 @@ def load_hyper(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         return runs, pd.read_csv(noise) if noise.is_file() else noise_points({})
     if not (path / "runs.parquet").is_file():
         raise MoelabError(f"{path}: neither a results folder (runs.parquet) nor a hyper export ({RUNS_CSV})")
-    runs = load_runs(path, succeeded_only=False)
+    runs = load_results(path)  # every run, running ones too (the analysis keeps the succeeded)
     curves = {}
     for _, row in runs.iterrows():
         rd = Path(str(row.get("run_dir") or ""))
