@@ -479,7 +479,7 @@ def fit_hyper_laws(opt: CellOptima, *, confidence: float = 0.95) -> tuple[dict[s
                 confidence=confidence,
             )
         except MoelabError as exc:
-            notes.append(f"{name}: {exc}")
+            notes.append(str(exc))
 
     C = t["flops"].to_numpy(np.float64)
     attempt("eta_opt(C)", in_lr, t["eta_opt"].to_numpy(np.float64), eta_s, {"C": C})
