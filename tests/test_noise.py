@@ -159,6 +159,11 @@ def test_auto_expert_scale_lives_in_the_optimiser_state_and_matches_a_fixed_scal
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
     assert optim.get_expert_scale(state) == pytest.approx(0.25)  # the update keeps it
     assert optim.get_expert_scale(fixed.init(params)) is None
+    # the new scalar keeps the old one's placement (a newly committed argument recompiles the step)
+    scale_of = lambda st: [x for x in jax.tree.leaves(st) if x.shape == ()][-1]  # noqa: E731
+    assert not scale_of(optim.set_expert_scale(auto.init(params), 0.5)).committed
+    committed = jax.device_put(auto.init(params), jax.devices()[0])
+    assert scale_of(optim.set_expert_scale(committed, 0.5)).committed
 
 
 @pytest.mark.parametrize(

@@ -148,13 +148,16 @@ def get_expert_scale(opt_state) -> float | None:
 
 
 def set_expert_scale(opt_state, value: float):
-    """``opt_state`` with its auto expert scale set to ``value``, placed as the old one was (works across
-    processes: every process fills its own devices)."""
+    """``opt_state`` with its auto expert scale set to ``value``, placed as the old one was: committed to its
+    sharding when the old one was (filled by every process on a mesh), else not, so the jitted step sees the
+    same argument placement and does not compile again."""
 
     def put(x):
         if not _is_scale_state(x):
             return x
         host = np.asarray(value, np.float32)
+        if not x.scale.committed:
+            return ExpertScaleState(jnp.asarray(host))
         return ExpertScaleState(jax.make_array_from_callback((), x.scale.sharding, lambda index: host[index]))
 
     return jax.tree.map(put, opt_state, is_leaf=_is_scale_state)
