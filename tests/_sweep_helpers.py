@@ -39,7 +39,8 @@ def fake_training(run, out_dir, *, progress=None) -> dict:
     cgroup = os.environ.get("MOELAB_FAKE_OOM_CGROUP")
     if cgroup and run.train.seed == 7:
         Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
-        limit = int(Path(cgroup, "memory.limit_in_bytes").read_text())
+        v1 = Path(cgroup, "memory.limit_in_bytes")
+        limit = int((v1 if v1.is_file() else Path(cgroup, "memory.max")).read_text())
         hog = bytearray(4 * limit)
         for i in range(0, len(hog), 4096):  # touch every page: the memory is really used
             hog[i] = 1
