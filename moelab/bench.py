@@ -246,12 +246,12 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
     tx = make_optimizer(TrainConfig(lr=lr, seq_len=seq_len, batch_size=batch), param_labels(params))
     train_step = make_train_step(graphdef, tx, cfg)
 
-    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32))
+    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32), rest)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq_len + 1), 0, cfg.vocab_size, dtype=jnp.int32)
-    compiled = train_step.lower(*state, rest, tokens, np.int32(0), np.float32(lr), np.int32(0)).compile()
+    compiled = train_step.lower(*state, tokens, np.int32(0), np.float32(lr), np.int32(0)).compile()
 
     def step(state, tokens, i):
-        *state, metrics = compiled(*state, rest, tokens, np.int32(i), np.float32(lr), np.int32(0))
+        *state, metrics = compiled(*state, tokens, np.int32(i), np.float32(lr), np.int32(0))
         return tuple(state), metrics["loss"]
 
     cost = compiled.cost_analysis()

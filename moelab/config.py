@@ -40,12 +40,15 @@ MIN_LAYERS = 2
 #: aspect ratios 20..200 at fixed parameters; 64 is close to GPT-2 small (768/12)).
 ASPECT_RATIO = 64
 
-DISPATCH = ("capacity", "dropless", "blocksparse", "auto")
+DISPATCH = ("capacity", "dropless", "blocksparse", "auto", "expert_choice")
 OVERFLOW = ("drop", "recycle")
 #: Gate weight of a recycled assignment: the router probability of the expert it lands on (``router``, as
 #: Tencent's released ``top1gating``, which multiplies the softmax by the final dispatch mask) or the weight
 #: of the expert that overflowed (``kept``, this lab's first behaviour).
 RECYCLE_GATES = ("router", "kept")
+#: Router scores: ``softmax`` over experts, or one ``sigmoid`` per expert normalised over the chosen ones
+#: (DeepSeek-V3); see moelab/model/router.py.
+ROUTER_SCORES = ("softmax", "sigmoid")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -80,7 +83,13 @@ class ModelConfig:
     a dropless one (``overflow`` and ``capacity_factor`` then unused): ``dropless`` (``jax.lax.ragged_dot``
     grouped matmuls), ``blocksparse`` (a grouped SwiGLU in blocks of sorted rows, fast on CPU) or ``auto``
     (the fastest dropless one for the backend, ``moelab.model.dispatch.resolve``).
-    The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss``.
+    ``expert_choice``: experts pick their tokens (Zhou et al. 2022; ``top_k`` is then the mean number of
+    experts per token and ``capacity_factor`` scales each expert's share).
+    Router recipes (moelab/model/router.py): ``router_score`` softmax or sigmoid; ``router_bias_rate`` > 0
+    turns on auxiliary-loss-free balancing (a per-expert selection bias moved by that much per step,
+    DeepSeek-V3: 0.001); ``seq_aux_loss_coef`` weights DeepSeek-V3's sequence-wise balance loss (1e-4).
+    The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss + seq_aux_loss_coef *
+    seq_aux_loss``.
     """
 
     vocab_size: int = 256
@@ -105,6 +114,9 @@ class ModelConfig:
     renormalize: bool = False
     aux_loss_coef: float = 0.01
     z_loss_coef: float = 0.001
+    router_score: str = "softmax"
+    router_bias_rate: float = 0.0
+    seq_aux_loss_coef: float = 0.0
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
@@ -141,7 +153,7 @@ class ModelConfig:
                 _is_num(value) and value > 0 and math.isfinite(value),
                 f"{name} must be a number > 0, got {value!r}",
             )
-        for name in ("aux_loss_coef", "z_loss_coef"):
+        for name in ("aux_loss_coef", "z_loss_coef", "router_bias_rate", "seq_aux_loss_coef"):
             value = getattr(self, name)
             check(_is_num(value) and 0 <= value < math.inf, f"{name} must be a number >= 0, got {value!r}")
         check(
@@ -176,6 +188,15 @@ class ModelConfig:
         check(
             self.recycle_gate in RECYCLE_GATES,
             f"recycle_gate must be one of {'|'.join(RECYCLE_GATES)}, got {self.recycle_gate!r}",
+        )
+        check(
+            self.router_score in ROUTER_SCORES,
+            f"router_score must be one of {'|'.join(ROUTER_SCORES)}, got {self.router_score!r}",
+        )
+        check(
+            self.dispatch != "expert_choice" or self.router_bias_rate == 0,
+            "router_bias_rate must be 0 with dispatch=expert_choice (experts choose their tokens: every "
+            f"expert is equally loaded), got {self.router_bias_rate!r}",
         )
         for name in ("dtype", "param_dtype"):
             check(

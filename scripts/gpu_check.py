@@ -186,12 +186,12 @@ def main(argv=None) -> int:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     del model
     tx = optax.sgd(1.0)  # the production step multiplies the update by its lr argument
-    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32))  # (params, opt_state, first_bad)
+    state = (params, tx.init(params), jnp.asarray(-1, jnp.int32), rest)  # the step's state, in = out
     train_step = make_train_step(graphdef, tx, cfg)  # the trainer's own step (moelab/train/step.py)
     lr, seed = np.float32(1e-4), np.int32(0)
 
     def step(state, batch, i):
-        *state, metrics = train_step(*state, rest, batch, np.int32(i), lr, seed)
+        *state, metrics = train_step(*state, batch, np.int32(i), lr, seed)
         return tuple(state), metrics
 
     key = jax.random.key(1)

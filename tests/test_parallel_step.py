@@ -77,7 +77,7 @@ def _step(mesh, tx, lr, compiled_text=None):
         with _fresh_compilation():
             compiled = step.lower(*args).compile()
         compiled_text.append(compiled.as_text())
-    after, _, first_bad, metrics = compiled(*args)
+    after, _, first_bad, _, metrics = compiled(*args)
     assert int(first_bad) == -1
     return before, after, jax.device_get(metrics)
 

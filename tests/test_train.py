@@ -201,7 +201,7 @@ def test_train_step_matches_plain_reference(split_model):
     ref_params = jax.jit(optax.apply_updates)(params, updates)
 
     train_step = make_train_step(graphdef, tx, TINY)
-    new_params, _, first_bad, metrics = train_step(
+    new_params, _, first_bad, _, metrics = train_step(
         jax.tree.map(jnp.copy, params),
         jax.tree.map(jnp.copy, opt_state),
         jnp.asarray(-1, jnp.int32),

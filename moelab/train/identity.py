@@ -57,7 +57,12 @@ FIRST_SCHEMA: dict[str, dict[str, Any]] = {
 
 #: Fields added since, each with the value that reproduces the code before it (append; never edit a value).
 ADDED: dict[str, dict[str, Any]] = {
-    "model": {"recycle_gate": "kept"},  # recycled gate was the overflowed expert's weight
+    "model": {
+        "recycle_gate": "kept",  # recycled gate was the overflowed expert's weight
+        "router_score": "softmax",  # routers were softmax top-k with the Switch aux loss (issue 16's fields)
+        "router_bias_rate": 0.0,
+        "seq_aux_loss_coef": 0.0,
+    },
     "data": {},
     "train": {
         "eval_dropless": False,  # eval went through the training dispatch
@@ -87,7 +92,8 @@ def semantic(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 #: Model fields a dense model (n_experts == 1) never reads: a dense run is the same run whatever they say, so
 #: a sweep that sets them for its MoE arms (dispatch, capacity, router losses) shares its dense runs.
 MOE_ONLY = ("top_k", "n_shared_experts", "d_shared", "capacity_factor", "dispatch", "overflow",
-            "recycle_gate", "renormalize", "aux_loss_coef", "z_loss_coef")  # fmt: skip
+            "recycle_gate", "renormalize", "aux_loss_coef", "z_loss_coef", "router_score", "router_bias_rate",
+            "seq_aux_loss_coef")  # fmt: skip
 
 
 def canonical(config: dict[str, Any]) -> dict[str, dict[str, Any]]:

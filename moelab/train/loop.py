@@ -292,6 +292,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
 
     from moelab.data import eval_batches, train_batch
     from moelab.model import Transformer
+    from moelab.model.stats import router_health
     from moelab.train.checkpoint import Checkpointer
     from moelab.train.noise import NoiseMonitor
     from moelab.train.optim import lr_schedule
@@ -305,7 +306,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
 
     placement = Placement(mesh)
     graphdef, params, rest, opt_state, first_bad, tx = init_state(run, placement)
-    state_sh = placement.shardings((params, opt_state, first_bad))
+    state_sh = placement.shardings((params, opt_state, first_bad, rest))
     train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat, state_shardings=state_sh)
     lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
     seed = np.int32(t.seed)
@@ -317,9 +318,9 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
 
     ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
     start, prev_wall, prev_train, meta = 0, 0.0, 0.0, None
-    restored = ckpt.restore_latest((params, opt_state, first_bad))  # unreadable ones are set aside, said
+    restored = ckpt.restore_latest((params, opt_state, first_bad, rest))  # unreadable ones: set aside, said
     if restored is not None:
-        (params, opt_state, first_bad), meta = restored
+        (params, opt_state, first_bad, rest), meta = restored
         start, prev_wall, prev_train = (
             int(meta["step"]),
             float(meta["wall_time_s"]),
@@ -354,7 +355,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
         for step in range(start, total_steps):
             batch = put_batch(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
             opt_state = noise.before_step(step, params, rest, batch, seed, opt_state)
-            params, opt_state, first_bad, metrics = train_step(
+            params, opt_state, first_bad, rest, metrics = train_step(
                 params, opt_state, first_bad, rest, batch, np.int32(step), lrs[step], seed
             )
             pending.append(metrics)
@@ -397,6 +398,14 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
                 **noise.metrics(),
             }
             row = dict(last_row)
+            if m.is_moe:  # per-layer router health over the interval; the bias its last step used
+                health = router_health(
+                    load,
+                    np.mean([h["router"].dropped_frac for h in host], axis=0),
+                    np.mean([h["router"].recycled_frac for h in host], axis=0),
+                    host[-1]["router"].bias,
+                )
+                row["router"] = summary["router_health"] = health
             if do_eval:
                 last_eval = evaluate(params)
                 row["eval_loss"], row["eval_bpb"] = last_eval
@@ -405,7 +414,7 @@ def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh
                 wall = prev_wall + time.perf_counter() - t0
                 ckpt.save(
                     done,
-                    (params, opt_state, first_bad),
+                    (params, opt_state, first_bad, rest),
                     {"step": done, "wall_time_s": wall, "train_time_s": train_time, **noise.state()},
                 )
             writer.write(row)

@@ -1,10 +1,15 @@
 """The jitted train and eval steps (pure functions of arrays; one compilation each per shape).
 
-``loss = CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss`` with the coefficients from ``ModelConfig``
-(aux: load-balance loss, z: router z-loss, both returned by the model in its ``RouterStats``).
+``loss = CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss + seq_aux_loss_coef * seq_aux_loss`` with the
+coefficients from ``ModelConfig`` (aux: load-balance loss, z: router z-loss, seq_aux: DeepSeek-V3's
+sequence-wise balance loss, all returned by the model in its ``RouterStats``).
 
 The train step is ``(params, opt_state, first_bad, rest, batch, step, lr, seed) -> (params, opt_state,
-first_bad, metrics)`` with the first three arguments donated (updated in place). A non-finite loss or gradient
+first_bad, rest, metrics)``: the state in is the state out, the first four arguments donated (updated in
+place). ``rest`` is the model state that is not a parameter (``nnx.split(model, nnx.Param, ...)``): the
+router biases of auxiliary-loss-free balancing, which no gradient or optimiser touches; the step moves them
+after the update (``moelab.model.router.update_bias_state``) from the step's expert loads. A non-finite loss
+or gradient
 norm leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while
 none), so the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval
 and stops the run as ``diverged`` at the exact step.
@@ -28,6 +33,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from moelab.model.router import update_bias_state
 from moelab.parallel.remat import use_remat
 from moelab.parallel.rules import activation_sharding
 from moelab.train.optim import ParamKind
@@ -91,7 +97,8 @@ def cross_entropy_sum(logits, targets):
 
 def make_loss_fn(graphdef, model_cfg, *, mesh=None, remat: str = "none"):
     """The training objective ``(params, rest, batch [B, T+1], router_key) -> (total, (ce, aux, z, stats))``:
-    ``total = ce + aux_loss_coef * aux + z_loss_coef * z`` with ``ce`` the mean cross-entropy of
+    ``total = ce + aux_loss_coef * aux + z_loss_coef * z (+ seq_aux_loss_coef * seq_aux)`` with ``ce`` the
+    mean cross-entropy of
     ``batch[:, 1:]`` given ``batch[:, :-1]``, ``aux``/``z`` the router losses averaged over layers and
     ``stats`` the model's per-layer ``RouterStats``. Traced under ``mesh``'s activation constraints and the
     ``remat`` policy."""
@@ -104,7 +111,10 @@ def make_loss_fn(graphdef, model_cfg, *, mesh=None, remat: str = "none"):
             logits, stats = model(inputs, router_key=key)
         ce = cross_entropy_sum(logits, targets) / targets.size
         aux, z = jnp.mean(stats.aux_loss), jnp.mean(stats.z_loss)
-        return ce + aux_coef * aux + z_coef * z, (ce, aux, z, stats)
+        total = ce + aux_coef * aux + z_coef * z
+        if model_cfg.seq_aux_loss_coef > 0:
+            total = total + model_cfg.seq_aux_loss_coef * jnp.mean(stats.seq_aux_loss)
+        return total, (ce, aux, z, stats)
 
     return loss_fn
 
@@ -114,7 +124,8 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
     its updates by the ``lr`` argument and takes ``seed`` as an argument too, so neither is compiled in.
 
     ``mesh``/``remat``: trace the model under that mesh's activation constraints and remat policy.
-    ``state_shardings``: (params, opt_state, first_bad) shardings the outputs keep (None: XLA's choice)."""
+    ``state_shardings``: (params, opt_state, first_bad, rest) shardings the outputs keep (None: XLA's
+    choice)."""
     loss_fn = make_loss_fn(graphdef, model_cfg, mesh=mesh, remat=remat)
 
     def train_step(params, opt_state, first_bad, rest, batch, step, lr, seed):
@@ -134,6 +145,9 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
         # one branch runs: a bad step costs nothing and leaves params and optimiser state as they were
         params, opt_state = jax.lax.cond(ok, apply, lambda args: args, (params, opt_state))
         first_bad = jnp.where((first_bad < 0) & ~ok, step, first_bad)
+        if model_cfg.router_bias_rate > 0:  # outside the gradient, after the update, on a good step only
+            moved = update_bias_state(rest, stats.load, model_cfg.router_bias_rate, model_cfg.cla_share)
+            rest = jax.tree.map(lambda new, old: jnp.where(ok, new, old), moved, rest)
         metrics = {
             "loss": ce,
             "total_loss": total,
@@ -144,13 +158,15 @@ def make_train_step(graphdef, tx, model_cfg, *, mesh=None, remat: str = "none", 
             "load": stats.load,  # [n_layers, n_experts]
             "dropped_frac": jnp.mean(stats.dropped_frac),
             "recycled_frac": jnp.mean(stats.recycled_frac),
+            "router": stats,  # per layer: router health (moelab.model.stats.router_health)
         }
-        return params, opt_state, first_bad, metrics
+        return params, opt_state, first_bad, rest, metrics
 
     if state_shardings is None and mesh is None:
-        return jax.jit(train_step, donate_argnums=(0, 1, 2))
-    out_shardings = (*(state_shardings or (None, None, None)), _replicated(mesh))
-    return jax.jit(train_step, donate_argnums=(0, 1, 2), out_shardings=out_shardings)
+        return jax.jit(train_step, donate_argnums=(0, 1, 2, 3))
+    given = tuple(state_shardings or ())
+    out_shardings = (*given, *(None,) * (4 - len(given)), _replicated(mesh))  # rest not given: XLA's choice
+    return jax.jit(train_step, donate_argnums=(0, 1, 2, 3), out_shardings=out_shardings)
 
 
 def make_eval_step(graphdef, token_bytes, *, mesh=None):
