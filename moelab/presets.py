@@ -150,3 +150,50 @@ def published_train_tokens(cfg: ModelConfig) -> float | None:
         if PRESETS[name] == cfg:
             return facts.train_tokens
     return None
+
+
+# ---------------------------------------------------------------------------------------------- routers
+#: Router recipes by name: the ModelConfig fields each one sets (moelab/model/router.py); every other field
+#: comes from the base model. The ``router`` axis of a sweep takes these names (sweeps/routers.yaml).
+ROUTERS: dict[str, dict] = {
+    # softmax top-k with the Switch/GShard load-balancing loss: the family's default (Switch, GShard)
+    "softmax-aux": {"router_score": "softmax", "router_bias_rate": 0.0, "seq_aux_loss_coef": 0.0,
+                    "aux_loss_coef": 0.01, "overflow": "drop"},
+    # the same with Hunyuan-Large's recycle routing of overflowing tokens
+    "softmax-aux-recycle": {"router_score": "softmax", "router_bias_rate": 0.0, "seq_aux_loss_coef": 0.0,
+                            "aux_loss_coef": 0.01, "overflow": "recycle"},
+    # sigmoid scores normalised over the chosen experts (DeepSeek-V3's scores) with the Switch loss
+    "sigmoid-aux": {"router_score": "sigmoid", "router_bias_rate": 0.0, "seq_aux_loss_coef": 0.0,
+                    "aux_loss_coef": 0.01, "overflow": "drop"},
+    # DeepSeek-V3: sigmoid scores, auxiliary-loss-free bias (gamma 0.001), sequence-wise loss alpha 1e-4
+    "aux-free": {"router_score": "sigmoid", "router_bias_rate": 1e-3, "seq_aux_loss_coef": 1e-4,
+                 "aux_loss_coef": 0.0, "overflow": "drop"},
+    # expert choice (Zhou et al. 2022): balanced by construction, no balance loss
+    "expert-choice": {"dispatch": "expert_choice", "router_score": "softmax", "router_bias_rate": 0.0,
+                      "seq_aux_loss_coef": 0.0, "aux_loss_coef": 0.0},
+}  # fmt: skip
+
+
+def router_fields(name: str) -> dict:
+    """The ModelConfig fields of router recipe ``name`` (ConfigError listing the names otherwise)."""
+    try:
+        return dict(ROUTERS[name])
+    except KeyError:
+        raise ConfigError(f"unknown router {name!r}; allowed: {', '.join(ROUTERS)}") from None
+
+
+def router_family(model: dict) -> str:
+    """The router recipe a model's fields (a ModelConfig dict or a runs-table row) belong to: expert-choice,
+    aux-free (``-softmax`` with softmax scores), else ``{score}-aux`` with ``-recycle`` for recycle routing;
+    ``dense`` for n_experts 1. Fields a saved config lacks read as ModelConfig's defaults."""
+    names = ("router_score", "router_bias_rate", "dispatch", "overflow")
+    d = {f: getattr(ModelConfig, f, None) for f in names}
+    d.update({k: v for k, v in model.items() if k in d and v is not None and v == v})
+    if int(model.get("n_experts", 1)) == 1:
+        return "dense"
+    if d["dispatch"] == "expert_choice":
+        return "expert-choice"
+    if float(d["router_bias_rate"]) > 0:
+        return "aux-free" if d["router_score"] == "sigmoid" else "aux-free-softmax"
+    recycle = "-recycle" if d["overflow"] == "recycle" and d["dispatch"] == "capacity" else ""
+    return f"{d['router_score']}-aux{recycle}"

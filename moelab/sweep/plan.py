@@ -26,6 +26,7 @@ from moelab.data.corpus import load_corpus
 from moelab.data.shards import store_path, val_documents
 from moelab.data.tokenizer import tokenizer_id
 from moelab.errors import ConfigError
+from moelab.presets import router_family
 from moelab.sweep.runid import adopt
 from moelab.sweep.spec import DEFAULT_FLOPS_PER_S_PER_CPU, SweepSpec, Trial
 from moelab.sweep.state import checkpoint_steps, decide, read_summary, run_state
@@ -104,6 +105,7 @@ def plan_rows(planned: list[PlannedRun]) -> list[dict[str, Any]]:
             {
                 "run_id": p.run_id,
                 "n_experts": m.n_experts,
+                "router": router_family(m.to_dict()),
                 "top_k": m.top_k,
                 "shared_ratio": round(m.shared_ratio, 3),
                 "granularity": round(m.granularity, 2),
@@ -195,9 +197,11 @@ def render_plan(
 
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"sweep {spec.name}: {len(planned)} runs ({spec.generator})", title_justify="left")
+    routers = "router" in spec.axes  # a column only for sweeps over router recipes
     for col in (
         "run_id",
         "experts",
+        *(("router",) if routers else ()),
         "top_k",
         "shared",
         "gran",
@@ -219,6 +223,7 @@ def render_plan(
         table.add_row(
             r["run_id"],
             str(r["n_experts"]),
+            *((r["router"],) if routers else ()),
             str(r["top_k"]),
             f"{r['shared_ratio']:.2f}",
             f"{r['granularity']:.2g}",

@@ -8,7 +8,7 @@ A spec (see docs/sweeps.md and sweeps/*.yaml)::
     train: {...}                    # base TrainConfig fields
     generator: grid                 # grid | zip | isoflop
     axes:                           # lists over n_experts, shared_ratio, active_params, top_k,
-      active_params: [2e5, 8e5]     #   granularity, tokens | flops, lr, batch_size, expert_lr_scale
+      active_params: [2e5, 8e5]     #   granularity, tokens | flops, lr, batch_size, expert_lr_scale, router
       n_experts: [1, 8]
       tokens: [2e5, 8e5]
     seeds: [0]
@@ -33,6 +33,9 @@ Generators (as Ray Tune's grid_search; IsoFLOP profiles of Hoffmann et al. 2022,
 ``checks: {min_tokens_per_param: 1, corpus_tokens: 1e10}`` states what ``moelab sweep plan`` flags: a run
 under the tokens-per-parameter floor, or one that would see more than one epoch of its corpus
 (``corpus_tokens``; without it the plan counts a local corpus's training tokens, see moelab.sweep.plan).
+
+``router`` is an axis of named router recipes (``moelab.presets.ROUTERS``: softmax-aux, softmax-aux-recycle,
+sigmoid-aux, aux-free, expert-choice), each a set of model fields; a run's id hashes the fields, not the name.
 
 An axis is a list of values or a geometric grid around a centre, ``{around: X, factor: F, n: K}`` = K values
 X·F^(i - (K-1)/2) (integers for ``batch_size``, ``n_experts``, ``top_k``): the LR x batch grids of
@@ -65,7 +68,9 @@ BUDGET_AXES = ("active_params", "n_experts", "shared_ratio", "top_k", "granulari
 LENGTH_AXES = ("tokens", "flops")
 #: Axes that set a train field of the same name.
 TRAIN_AXES = ("lr", "batch_size", "expert_lr_scale")
-AXES = BUDGET_AXES + LENGTH_AXES + TRAIN_AXES
+#: Axes of named model recipes: ``router`` takes the names of ``moelab.presets.ROUTERS``.
+RECIPE_AXES = ("router",)
+AXES = BUDGET_AXES + LENGTH_AXES + TRAIN_AXES + RECIPE_AXES
 TOP_KEYS = (
     "name",
     "description",
@@ -345,6 +350,10 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
     where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
     user = dict(spec.model)
     preset = user.pop("preset", None)
+    if "router" in point:  # a router recipe's fields (moelab.presets.ROUTERS)
+        from moelab.presets import router_fields
+
+        user.update(router_fields(point["router"]))
     try:
         base: dict[str, Any] = {}
         if preset is not None:
@@ -442,6 +451,9 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
         if not values:
             raise err(f"axes.{key}", "must list at least one value")
         parsed = []
+        if key == "router":
+            axes[key] = _parse_routers(values, err)
+            continue
         for v in values:
             if key == "expert_lr_scale" and v == "auto":
                 parsed.append(v)
@@ -456,6 +468,15 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
             parsed.append(num)
         axes[key] = parsed
     return axes
+
+
+def _parse_routers(values: list, err: _Errors) -> list[str]:
+    from moelab.presets import ROUTERS
+
+    for v in values:
+        if v not in ROUTERS:
+            raise err("axes.router", f"unknown router {v!r}; allowed: {', '.join(ROUTERS)}")
+    return [str(v) for v in values]
 
 
 def _around(raw: dict, key: str, err: _Errors) -> list[float]:
@@ -599,6 +620,13 @@ def _check_axes(
     for key in axes:
         if key in BUDGET_AXES and key in sections["model"]:
             raise err(f"model.{key}", f"is also an axis (axes.{key}); keep one")
+    if "router" in axes:  # a recipe sets its fields; the base model may not set them too
+        from moelab.presets import ROUTERS
+
+        for name in axes["router"]:
+            clash = [k for k in ROUTERS[name] if k in sections["model"]]
+            if clash:
+                raise err(f"model.{clash[0]}", f"is also set by axes.router ({name}); keep one")
     for key in TRAIN_AXES:
         if key in axes and key in sections["train"]:
             raise err(f"train.{key}", f"is also an axis (axes.{key}); keep one")
