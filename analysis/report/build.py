@@ -18,6 +18,7 @@ from analysis.report.hyper import hyper_section
 from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
 from analysis.report.reproduction import Reproduction, reproduction_section
+from analysis.report.routers import routers_section
 from analysis.validate import ranking_rows
 
 __all__ = ["SECTIONS", "build_report", "summary_lines"]
@@ -347,6 +348,7 @@ SECTIONS: list[tuple[str, Callable[[ResultsData, Analysis], Section | None]]] = 
     ("published", lambda data, an: _published(data, an)),
     ("extrapolation", lambda data, an: _extrapolation_section(an)),
     ("router", lambda data, an: _router_section(data)),
+    ("routers", lambda data, an: _routers(data, an)),
     ("hyper", lambda data, an: _hyper(data, an)),
     ("repro", lambda data, an: _repro_section(data)),
 ]
@@ -363,6 +365,13 @@ def _hyper(data: ResultsData, an: Analysis) -> Section | None:
     """analysis.report.hyper's section; its fits.json entry goes to ``an.extra["hyper"]``."""
     sec, fits = hyper_section(data, n_boot=an.n_boot or 200)
     an.extra["hyper"] = fits
+    return sec
+
+
+def _routers(data: ResultsData, an: Analysis) -> Section | None:
+    """analysis.report.routers's section; its fits.json entry goes to ``an.extra["routers"]``."""
+    sec, fits = routers_section(data, n_boot=an.n_boot or 200)
+    an.extra["routers"] = fits
     return sec
 
 
