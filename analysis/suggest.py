@@ -41,6 +41,7 @@ from analysis.extrapolate import preset_features
 from analysis.fitting import DELTA, FitResult
 from analysis.frontier import optimal_allocation
 from analysis.laws import Law, get_law
+from analysis.validate import compute_of
 from moelab.errors import ConfigError, MoelabError
 from moelab.presets import paper_facts
 
@@ -54,12 +55,15 @@ STEP = 10**0.25
 @dataclass(frozen=True)
 class Target:
     """What the next runs should pin down: the loss of a preset on ``tokens`` (``flops`` None), or the
-    compute-optimal loss at ``flops`` for the preset's expert configuration (``compute``: frontier model)."""
+    compute-optimal loss at ``flops`` for the preset's expert configuration (``compute``: frontier model).
+    ``model`` replaces the preset by explicit features (active_params, n_experts, ...; e.g. Chinchilla's
+    70B for its own data)."""
 
     preset: str = "hunyuan-large"
     tokens: float | None = paper_facts("hunyuan-large").train_tokens
     flops: float | None = None
     compute: Any = "6ND"
+    model: dict | None = None
 
     def __post_init__(self) -> None:
         if (self.tokens is None) == (self.flops is None):
@@ -71,13 +75,14 @@ class Target:
 
     @property
     def label(self) -> str:
+        name = self.preset if self.model is None else "N = {:.3g}".format(self.model["active_params"])
         if self.flops is None:
-            return f"{self.preset} on {self.tokens:.3g} tokens"
-        return f"optimal loss at C = {self.flops:.3g} FLOPs ({self.preset}'s experts, C = {self.compute})"
+            return f"{name} on {self.tokens:.3g} tokens"
+        return f"optimal loss at C = {self.flops:.3g} FLOPs ({name}'s experts, C = {self.compute})"
 
     def check(self, law: Law) -> dict:
         """The preset's features, after checking that ``law`` can predict this target (one-line errors)."""
-        feats = preset_features(self.preset)
+        feats = preset_features(self.preset) if self.model is None else dict(self.model)
         missing = [c for c in law.columns if c not in feats and c != "tokens"]
         if missing:
             raise MoelabError(f"law {law.name} needs {', '.join(missing)}, which preset {self.preset} lacks")
@@ -488,6 +493,67 @@ def _full_fits(law: Law, datasets, starts: np.ndarray, delta: float) -> list[np.
     return [t[0] for t in refit_many(law, delta, datasets, weights, [starts] * len(datasets))]
 
 
+def compare_designs(
+    law: Law,
+    base: list[tuple[np.ndarray, np.ndarray]],
+    pool: tuple[np.ndarray, list[np.ndarray], np.ndarray],
+    rung: tuple[np.ndarray, list[np.ndarray], float],
+    target: Target,
+    seeds: list[int],
+    *,
+    n_boot: int = 64,
+    n_starts: int = 64,
+    delta: float = DELTA,
+) -> pd.DataFrame:
+    """The comparison behind :func:`simulate` and :func:`replay`, per seed: the target's interval width
+    before and after adding (a) the suggested candidates, (b) random candidates, (c) the rung, all within the
+    rung's FLOPs.
+
+    ``base[i]`` = (X, log loss) of the runs already done for seed i; ``pool`` = (X, [log losses per seed],
+    FLOPs) of the candidates, with the loss each would show if run; ``rung`` = (X, [log losses per seed],
+    FLOPs in all). The base fit starts from ``n_starts`` points of the law's grid; the bootstraps
+    (``n_boot`` resamples) of every seed and design run as lanes of one batched L-BFGS. Returns one row per
+    seed: ``width_before``, ``width_<design>``, ``flops_<design>``, ``runs_<design>``."""
+    X_cand, y_cand, cost = pool
+    X_rung, y_rung, budget = rung
+    theta0 = _full_fits(law, base, law.starts(n_starts), delta)
+    boot0 = _bootstrap_samples(law, base, [t[None] for t in theta0], n_boot, seeds, delta)
+    designs: dict[str, list] = {"suggest": [], "random": [], "grid": []}
+    for i, s in enumerate(seeds):
+        r = law.log_predict(theta0[i], base[i][0], np) - base[i][1]
+        nv = max(float(np.sum(r**2) / max(len(r) - law.n_params, 1)), 1e-10)
+        t = target.log_values(law, boot0[i])
+        preds = law.log_predict(boot0[i], X_cand, np)
+        d = design_from_ensemble(t, preds, cost, nv, k=len(cost), budget=budget)
+        pick = random_design(cost, budget, np.random.default_rng([s, 2]))
+        designs["suggest"].append((X_cand[d.chosen], y_cand[i][d.chosen], float(cost[d.chosen].sum())))
+        designs["random"].append((X_cand[pick], y_cand[i][pick], float(cost[pick].sum())))
+        designs["grid"].append((X_rung, y_rung[i], float(budget)))
+    datasets, starts, boot_seeds = [], [], []
+    for name in designs:
+        for i, s in enumerate(seeds):
+            X_new, y_new, _ = designs[name][i]
+            datasets.append((np.concatenate([base[i][0], X_new]), np.concatenate([base[i][1], y_new])))
+            starts.append(theta0[i][None])
+            boot_seeds.append(s)
+    boots = _bootstrap_samples(law, datasets, starts, n_boot, boot_seeds, delta)
+
+    def width(theta):
+        v = np.exp(target.log_values(law, theta))
+        lo, hi = np.percentile(v[np.isfinite(v)], [2.5, 97.5])
+        return float(hi - lo)
+
+    rows = []
+    for i, s in enumerate(seeds):
+        row = {"seed": s, "width_before": width(boot0[i])}
+        for j, name in enumerate(designs):
+            row[f"width_{name}"] = width(boots[j * len(seeds) + i])
+            row[f"flops_{name}"] = designs[name][i][2]
+            row[f"runs_{name}"] = len(designs[name][i][0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def simulate(
     law: Law | str,
     truth: dict[str, float],
@@ -502,64 +568,49 @@ def simulate(
     n_starts: int = 64,
     delta: float = DELTA,
 ) -> pd.DataFrame:
-    """Per seed, the target's interval width before and after adding (a) the suggested runs, (b) random
-    candidates, (c) the next grid rung, all at the FLOPs of the rung.
-
-    Losses are ``truth``'s prediction times exp(noise * N(0, 1)) (a fresh draw per seed and run). The base
-    fit starts from ``n_starts`` points of the law's grid; bootstraps (``n_boot`` resamples) of every seed and
-    design run as lanes of one batched L-BFGS. Returns one row per seed: ``width_before``, ``width_<design>``,
-    ``flops_<design>``, ``runs_<design>``.
-    """
+    """:func:`compare_designs` on losses drawn from a known law: ``truth``'s prediction times
+    exp(noise * N(0, 1)), a fresh draw per seed and run (a candidate shows the same draw in every design)."""
     law = get_law(law)
     seeds = list(seeds)
-    X_base = law.features(base_points)
-    true_p = np.array([truth[p] for p in law.params])
-    true_theta = law.from_params(true_p)
+    theta = law.from_params(np.array([truth[p] for p in law.params]))
 
-    def observe(X, rng):
-        return law.log_predict(true_theta, X, np) + noise * rng.normal(size=len(X))
+    def observe(X, s, stream):
+        return law.log_predict(theta, X, np) + noise * np.random.default_rng([s, stream]).normal(size=len(X))
 
-    rngs = {s: np.random.default_rng([s, 1]) for s in seeds}
-    base = [(X_base, observe(X_base, rngs[s])) for s in seeds]
-    theta0 = _full_fits(law, base, law.starts(n_starts), delta)
-    boot0 = _bootstrap_samples(law, base, [t[None] for t in theta0], n_boot, seeds, delta)
-    budget = float(rung.flops.sum())
-    X_cand = law.features(candidates.table)
-    X_rung = law.features(rung.table)
-    designs: dict[str, list] = {"suggest": [], "random": [], "grid": []}
-    for i, s in enumerate(seeds):
-        r = law.log_predict(theta0[i], X_base, np) - base[i][1]
-        nv = max(float(np.sum(r**2) / max(len(r) - law.n_params, 1)), 1e-10)
-        t = target.log_values(law, boot0[i])
-        preds = law.log_predict(boot0[i], X_cand, np)
-        d = design_from_ensemble(t, preds, candidates.flops, nv, k=len(candidates), budget=budget)
-        designs["suggest"].append((X_cand[d.chosen], float(candidates.flops[d.chosen].sum())))
-        pick = random_design(candidates.flops, budget, np.random.default_rng([s, 2]))
-        designs["random"].append((X_cand[pick], float(candidates.flops[pick].sum())))
-        designs["grid"].append((X_rung, budget))
-    datasets, starts, boot_seeds = [], [], []
-    for name in designs:
-        for i, s in enumerate(seeds):
-            X_new = designs[name][i][0]
-            X = np.concatenate([X_base, X_new])
-            y = np.concatenate([base[i][1], observe(X_new, np.random.default_rng([s, 3]))])
-            datasets.append((X, y))
-            starts.append(theta0[i][None])
-            boot_seeds.append(s)
-    boots = _bootstrap_samples(law, datasets, starts, n_boot, boot_seeds, delta)
+    X_base, X_cand, X_rung = (law.features(t) for t in (base_points, candidates.table, rung.table))
+    base = [(X_base, observe(X_base, s, 1)) for s in seeds]
+    pool = (X_cand, [observe(X_cand, s, 3) for s in seeds], candidates.flops)
+    rung_ = (X_rung, [observe(X_rung, s, 4) for s in seeds], float(rung.flops.sum()))
+    return compare_designs(
+        law, base, pool, rung_, target, seeds, n_boot=n_boot, n_starts=n_starts, delta=delta
+    )
 
-    def width(theta):
-        v = np.exp(target.log_values(law, theta))
-        v = v[np.isfinite(v)]
-        lo, hi = np.percentile(v, [2.5, 97.5])
-        return float(hi - lo)
 
-    rows = []
-    for i, s in enumerate(seeds):
-        row = {"seed": s, "width_before": width(boot0[i])}
-        for j, name in enumerate(designs):
-            row[f"width_{name}"] = width(boots[j * len(seeds) + i])
-            row[f"flops_{name}"] = designs[name][i][1]
-            row[f"runs_{name}"] = len(designs[name][i][0])
-        rows.append(row)
-    return pd.DataFrame(rows)
+def replay(
+    law: Law | str,
+    done: pd.DataFrame,
+    pool: pd.DataFrame,
+    rung: pd.DataFrame,
+    target: Target,
+    *,
+    seeds: Iterable[int] = range(20),
+    n_boot: int = 64,
+    n_starts: int = 64,
+    delta: float = DELTA,
+) -> pd.DataFrame:
+    """:func:`compare_designs` on real runs: ``done`` are the runs already trained, ``pool`` the runs that
+    could be trained next and ``rung`` the grid's next rung (both with the losses they really reached: the
+    design chooses without seeing them, the refit uses them), costs from their ``flops`` column (else 6ND).
+    Seeds vary the bootstrap resamples and the random design."""
+    law = get_law(law)
+    seeds = list(seeds)
+    X = {k: law.features(t) for k, t in (("done", done), ("pool", pool), ("rung", rung))}
+    y = {
+        k: np.log(t["loss"].to_numpy(np.float64)) for k, t in (("done", done), ("pool", pool), ("rung", rung))
+    }
+    base = [(X["done"], y["done"])] * len(seeds)
+    pool_ = (X["pool"], [y["pool"]] * len(seeds), compute_of(pool))
+    rung_ = (X["rung"], [y["rung"]] * len(seeds), float(compute_of(rung).sum()))
+    return compare_designs(
+        law, base, pool_, rung_, target, seeds, n_boot=n_boot, n_starts=n_starts, delta=delta
+    )

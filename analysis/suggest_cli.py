@@ -40,7 +40,9 @@ the greedy by reduction alone is also tried and the better end point kept: Lesko
 greedy). The output is a sweep YAML (generator zip: one explicit list per axis) on the base spec's
 model/data/train sections that `moelab sweep run` accepts; the expected interval after each pick is printed.
 On synthetic data with a known law the suggested runs narrow the target's 95% interval more than the same
-FLOPs on random candidates or on the next rung of the grid (tests/test_suggest.py; docs/analysis.md)."""
+FLOPs on random candidates or on the next rung of the grid (tests/test_suggest.py); replayed on Chinchilla's
+real runs they did not (the picks were where the law misfits): trust a suggestion only where the law holds
+out of sample (docs/analysis.md, "Which runs next")."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
