@@ -9,10 +9,9 @@ first_bad, rest, metrics)``: the state in is the state out, the first four argum
 place). ``rest`` is the model state that is not a parameter (``nnx.split(model, nnx.Param, ...)``): the
 router biases of auxiliary-loss-free balancing, which no gradient or optimiser touches; the step moves them
 after the update (``moelab.model.router.update_bias_state``) from the step's expert loads. A non-finite loss
-or gradient
-norm leaves the parameters and optimiser state unchanged and records the step in ``first_bad`` (-1 while
-none), so the host need not look at the loss every step: the loop reads ``first_bad`` at its logging interval
-and stops the run as ``diverged`` at the exact step.
+or gradient norm leaves the parameters, optimiser state and router biases unchanged and records the step in
+``first_bad`` (-1 while none), so the host need not look at the loss every step: the loop reads ``first_bad``
+at its logging interval and stops the run as ``diverged`` at the exact step.
 
 On a device mesh (``moelab train --mesh``) the same functions run: jit follows the shardings of the
 arguments (parameters and optimiser state placed by ``moelab.parallel``, the batch split over the batch
