@@ -195,9 +195,9 @@ def test_replay_uses_the_losses_the_runs_reached(tmp_path):
 
     law = get_law("chinchilla")
     df, cands, rung = _ladder_and_candidates()
-    frames = []
+    frames, rng = [], np.random.default_rng(0)
     for t, c in ((df, None), (cands.table, cands.flops), (rung.table, rung.flops)):
-        t = t.assign(loss=law.predict(TRUTH, t))
+        t = t.assign(loss=law.predict(TRUTH, t) * np.exp(0.01 * rng.normal(size=len(t))))
         frames.append(t.assign(flops=c if c is not None else 6 * t["active_params"] * t["tokens"]))
     out = replay(law, *frames, Target("hunyuan-large", 7e12), seeds=[0, 1], n_boot=24)
     assert len(out) == 2 and np.all(out["flops_suggest"] <= rung.flops.sum() * (1 + 1e-9))
