@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis.fitting import FitResult
 from analysis.laws import Law
-from moelab.errors import ConfigError, MoelabError
+from moelab.errors import ConfigError, MoelabError, is_number
 from moelab.presets import PaperFacts, paper_facts
 
 COMPUTE_ALIASES = {"hunyuan": "hunyuan-large"}
@@ -47,7 +47,7 @@ def cost_per_token(N, compute="6ND"):
     N = np.asarray(N, np.float64)
     if isinstance(compute, str) and compute == "6ND":
         return 6.0 * N
-    if isinstance(compute, int | float) and not isinstance(compute, bool):
+    if is_number(compute):
         return float(compute) * N
     if callable(compute):
         return np.asarray(compute(N), np.float64)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis.where import filter_rows
 from moelab.errors import MoelabError
+from moelab.results import tables
 
 REQUIRED = ("loss", "active_params", "tokens")
 NUMERIC = (
@@ -42,20 +43,6 @@ NUMERIC = (
 )
 # Fields a CSV column (or a constant) can be mapped to: every feature a law uses plus the run's name.
 SCHEMA_FIELDS = (*NUMERIC, "run_id")
-RUNS_FILE = "runs.parquet"
-
-
-def _sweep_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if (path / RUNS_FILE).is_file():
-        return [path / RUNS_FILE]
-    if path.is_dir():
-        found = sorted(p / RUNS_FILE for p in path.iterdir() if (p / RUNS_FILE).is_file())
-        if found:
-            return found
-        raise MoelabError(f"{path}: no {RUNS_FILE} in it or in its sub-folders (run a sweep first)")
-    raise MoelabError(f"{path}: no such file or folder")
 
 
 def is_csv(path: str | Path) -> bool:
@@ -250,15 +237,9 @@ def load_runs(
                 )
             )
             continue
-        for f in _sweep_files(p):
-            try:
-                df = pd.read_parquet(f)
-            except Exception as exc:
-                raise MoelabError(f"{f}: cannot read as parquet ({type(exc).__name__})") from exc
-            if "sweep" not in df.columns:
-                df["sweep"] = f.parent.name
-            df = validate_runs(df, str(f))
-            frames.append(filter_rows(df, where, source=str(f)))
+        for source, df in tables(p):  # moelab.results: the one reader of runs tables
+            df = validate_runs(df, str(source))
+            frames.append(filter_rows(df, where, source=str(source)))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     df = validate_runs(df, str(paths[0]) if len(paths) == 1 else "runs")
     if succeeded_only and "status" in df.columns:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from analysis.cli import _json_default, add_input_args, load_input
 from moelab.errors import MoelabError
+from moelab.files import write_text_atomic
 from moelab.presets import paper_facts
 
 LAW_CHOICES = ("chinchilla", "clark", "granularity", "joint_moe", "shared_ratio")
@@ -180,15 +179,7 @@ def _compute(text: str):
 def _write(path: Path, text: str, force: bool) -> None:
     if path.exists() and not force:
         raise MoelabError(f"--out {path} exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, text)
 
 
 def run(args) -> int:

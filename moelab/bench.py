@@ -29,11 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from moelab.errors import MoelabError
+from moelab.files import write_json_atomic
 
 TARGETS = {
     # issue 3: MoE (8 experts, top-2, width 1024, capacity 1.25) vs dense width 2048; limit 1.10
@@ -131,7 +131,7 @@ def _run_laws(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"\n{results['seconds']:.1f} s on {os.cpu_count()} cores")
     if args.json:
-        _write_json(args.json, results)
+        write_json_atomic(args.json, results)
     return 0
 
 
@@ -152,7 +152,7 @@ def _run_other(args: argparse.Namespace, which: str) -> int:
         results = run_sweep_bench(args.trials, tuple(args.concurrency), args.tokens)
     print(json.dumps(results, indent=1, default=str))
     if args.json:
-        _write_json(args.json, results)
+        write_json_atomic(args.json, results)
     return 0
 
 
@@ -199,7 +199,7 @@ def _run_step(args: argparse.Namespace) -> int:
     results["load_avg_after"] = os.getloadavg()
     print(f"load average before {_load(results['load_avg'])}, after {_load(results['load_avg_after'])}")
     if args.json:
-        _write_json(args.json, results)
+        write_json_atomic(args.json, results)
     return 0
 
 
@@ -402,16 +402,3 @@ def _print_dispatch(res: dict) -> None:
 
 def _load(avg) -> str:
     return "/".join(f"{x:.1f}" for x in avg)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -25,6 +25,8 @@ from typing import Any
 
 from moelab.accounting import param_counts
 from moelab.errors import ConfigError, check, shown
+from moelab.errors import is_int as _is_int  # noqa: I001  (one home: moelab.errors)
+from moelab.errors import is_number as _is_num
 
 #: The family's dense feed-forward width per unit of d_model: 8/3, the SwiGLU width that holds the parameters
 #: of a GELU MLP of width 4·d (Shazeer 2020; LLaMA). It defines
@@ -409,11 +411,3 @@ class ModelConfig:
             per_unit = param_counts(cfg.replace(d_shared=2)).active - param_counts(s0).active
             cfg = cfg.replace(d_shared=max(1, round(1 + (budget - param_counts(s0).active) / per_unit)))
         return cfg
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 
@@ -26,6 +27,16 @@ def shown(key) -> str:
     repr (a key holding a newline or control characters must not break the one-line message)."""
     text = str(key)
     return text if text and text.isprintable() else repr(key)
+
+
+def is_int(value) -> bool:
+    """An int and not a bool (``True`` is an int to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float and not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check(condition: bool, message: str) -> None:

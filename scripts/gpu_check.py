@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     from flax import nnx
 
     from moelab.accounting import param_counts, train_flops_per_token
+    from moelab.files import write_text_atomic
     from moelab.model import Transformer
     from moelab.parallel.chips import CHIPS
     from moelab.train.step import make_train_step
@@ -236,9 +237,7 @@ def main(argv=None) -> int:
     line = json.dumps(result)
     print(line)
     if args.out:
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(line + "\n")
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, line + "\n")
     return 0 if all(map(lambda v: v == v, (result["loss_first"], result["loss_last"]))) else 1
 
 

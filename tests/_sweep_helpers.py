@@ -17,7 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from moelab.sweep.state import checkpoint_steps, write_json_atomic
+from moelab.files import write_json_atomic
+from moelab.sweep.state import checkpoint_steps
 
 
 def fake_loss(run, step: int) -> float:

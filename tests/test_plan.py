@@ -14,7 +14,6 @@ from moelab.errors import ConfigError
 from moelab.parallel.chips import CHIPS, get_chip
 from moelab.parallel.mesh import AXES, MeshShape
 from moelab.parallel.planner import (
-    REMAT_POLICIES,
     activation_bytes_per_token_layer,
     best_micro_batch,
     candidate_meshes,
@@ -22,6 +21,7 @@ from moelab.parallel.planner import (
     param_groups,
     plan,
 )
+from moelab.parallel.remat import POLICIES
 from moelab.parallel.rules import PARAM_RULES, spec_entries
 from moelab.presets import PRESETS, get_preset, paper_facts
 
@@ -108,7 +108,7 @@ def test_more_chips_never_need_more_memory_per_chip_for_states():
 
 def test_activation_model_orders_policies_and_tensor_split():
     for cfg in (HY, get_preset("dense-1m")):
-        none, minimal, full = (activation_bytes_per_token_layer(cfg, 1, r) for r in REMAT_POLICIES)
+        none, minimal, full = (activation_bytes_per_token_layer(cfg, 1, r) for r in POLICIES)
         assert none > minimal > full == 2 * cfg.d_model
         assert activation_bytes_per_token_layer(cfg, 8, "none") < none
     with pytest.raises(ConfigError, match="remat must be one of"):

@@ -12,9 +12,10 @@ import yaml
 
 from moelab.accounting import train_flops_per_token
 from moelab.errors import ConfigError
+from moelab.files import write_json_atomic
 from moelab.sweep.plan import make_plan
 from moelab.sweep.spec import SweepSpec
-from moelab.sweep.state import decide, run_state, write_json_atomic
+from moelab.sweep.state import decide, run_state
 
 REPO = Path(__file__).resolve().parents[1]
 

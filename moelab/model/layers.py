@@ -13,8 +13,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: float, dtype) -> nnx.Param:
     """A normal(0, std) weight (or ones when std is None) tagged with its logical axis names."""

@@ -32,7 +32,7 @@ from flax import nnx
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.hooks import constrain, layer_checkpoint
-from moelab.model.layers import DTYPES, RMSNorm, SwiGLU, matmul, param
+from moelab.model.layers import RMSNorm, SwiGLU, matmul, param
 from moelab.model.moe import MoE
 from moelab.model.stats import RouterStats
 
@@ -41,7 +41,7 @@ class Layer(nnx.Module):
     """Pre-norm residual layer: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
 
     def __init__(self, cfg: ModelConfig, has_kv: bool, rngs: nnx.Rngs):
-        pdt = DTYPES[cfg.param_dtype]
+        pdt = jnp.dtype(cfg.param_dtype)  # one of moelab.config.DTYPES
         self.cfg = cfg
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pdt, rngs)
         self.attn = Attention(cfg, has_kv, pdt, rngs)
@@ -88,7 +88,7 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        pdt = DTYPES[cfg.param_dtype]
+        pdt = jnp.dtype(cfg.param_dtype)  # one of moelab.config.DTYPES
         self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std, pdt)
         if not cfg.tie_embeddings:
             self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, pdt)
@@ -104,7 +104,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array, router_key: jax.Array | None = None):
         cfg = self.cfg
-        dt = DTYPES[cfg.dtype]
+        dt = jnp.dtype(cfg.dtype)
         b, t = tokens.shape
         if t > cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={cfg.max_seq_len}")

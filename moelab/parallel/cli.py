@@ -23,7 +23,7 @@ GiB = 2**30
 
 def register(parser: argparse.ArgumentParser) -> None:
     from moelab.parallel.chips import CHIPS
-    from moelab.parallel.planner import REMAT_POLICIES
+    from moelab.parallel.remat import POLICIES
 
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a preset of moelab.presets, e.g. hunyuan-large")
@@ -37,7 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         ">= 4M tokens)")
     parser.add_argument("--mesh", default=None,
                         help="force a mesh, e.g. 'fsdp=8,expert=16' (default: searched)")
-    parser.add_argument("--remat", default="full", choices=REMAT_POLICIES, help="rematerialisation policy")
+    parser.add_argument("--remat", default="full", choices=POLICIES, help="rematerialisation policy")
     parser.add_argument("--mfu", type=float, default=0.40,
                         help="assumed model FLOP utilisation (default 0.40)")
     parser.add_argument("--tokens", type=float, default=None,

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
-from moelab.errors import ConfigError
+from moelab.errors import ConfigError, is_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import jax
@@ -46,7 +46,7 @@ class MeshShape:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            if not (is_int(value) and value >= 1):
                 raise ConfigError(f"mesh axis {f.name} must be an integer >= 1, got {value!r}")
 
     @property

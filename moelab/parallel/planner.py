@@ -33,12 +33,12 @@ from moelab.config import ModelConfig
 from moelab.errors import ConfigError
 from moelab.parallel.chips import Chip
 from moelab.parallel.mesh import MeshShape
+from moelab.parallel.remat import check_policy
 from moelab.parallel.rules import PARAM_RULES, local_shape
 from moelab.presets import published_train_tokens
 
 BYTES_PER_PARAM = {"bf16 weights": 2, "fp32 master weights": 4, "Adam moments (fp32 m, v)": 8,
                    "fp32 gradients": 4}
-REMAT_POLICIES = ("none", "minimal", "full")
 SECONDS_PER_DAY = 86400.0
 LONG_CONTEXT = 256 * 1024
 
@@ -133,8 +133,7 @@ def activation_bytes_per_token_layer(cfg: ModelConfig, tensor: int, policy: str)
     - ``full`` (``nothing_saveable`` around each layer): only the layer input d is kept; one layer's ``none``
       set is alive during its recomputation (added once by ``plan``).
     """
-    if policy not in REMAT_POLICIES:
-        raise ConfigError(f"remat must be one of {'|'.join(REMAT_POLICIES)}, got {policy!r}")
+    check_policy(policy)
     d, hd, H, KV = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
     kv_t = tensor if KV % tensor == 0 else 1
     h_t = tensor if H % tensor == 0 else 1
@@ -305,8 +304,7 @@ def plan(
         raise ConfigError(f"mfu must be in (0, 1], got {mfu!r}")
     if not (0 <= headroom < 1):
         raise ConfigError(f"headroom must be in [0, 1), got {headroom!r}")
-    if remat not in REMAT_POLICIES:
-        raise ConfigError(f"remat must be one of {'|'.join(REMAT_POLICIES)}, got {remat!r}")
+    check_policy(remat)
     if not train_tokens > 0:
         raise ConfigError(f"tokens must be > 0, got {train_tokens!r}")
     usable = (1 - headroom) * chip.hbm_bytes

@@ -28,10 +28,16 @@ from moelab.model import hooks
 POLICIES = ("none", "minimal", "full")
 
 
-def jax_policy(name: str):
-    """The ``jax.checkpoint`` policy of ``name`` (None for ``none``)."""
+def check_policy(name: str) -> str:
+    """``name`` when it is one of ``POLICIES``, else a one-line ConfigError listing them."""
     if name not in POLICIES:
         raise ConfigError(f"remat must be one of {'|'.join(POLICIES)}, got {name!r}")
+    return name
+
+
+def jax_policy(name: str):
+    """The ``jax.checkpoint`` policy of ``name`` (None for ``none``)."""
+    check_policy(name)
     return {
         "none": None,
         "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -50,6 +56,6 @@ def checkpoint(fn: Callable, name: str) -> Callable:
 @contextlib.contextmanager
 def use_remat(name: str) -> Iterator[None]:
     """Within this context the model's ``layer_checkpoint(body)`` hook applies policy ``name``."""
-    jax_policy(name)  # validate
+    check_policy(name)
     with hooks.layer_remat(None if name == "none" else lambda body: checkpoint(body, name)):
         yield

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
+from moelab.files import write_json_atomic
 from moelab.sweep.plan import PlannedRun, duration, make_plan, sweep_dir
 from moelab.sweep.spec import SweepSpec
-from moelab.sweep.state import read_json, set_aside, write_json_atomic
+from moelab.sweep.state import read_json, set_aside
 from moelab.sweep.store import AXES_FILE, write_table
 from moelab.sweep.trial import TRAINER_ENV, death_reason, execute_trial, mark_failed, thread_env
 from moelab.train.trackers import check_available

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moelab.errors import ConfigError, shown
+from moelab.errors import ConfigError, is_int, shown
 from moelab.train.trackers import tracker_names
 
 GENERATORS = ("grid", "zip", "isoflop")
@@ -209,10 +209,10 @@ class SweepSpec:
         seeds = _parse_seeds(raw.get("seeds"), err)
         resources = _parse_resources(raw.get("resources") or {}, err)
         max_conc = raw.get("max_concurrency")
-        if max_conc is not None and not (_is_int(max_conc) and max_conc >= 1):
+        if max_conc is not None and not (is_int(max_conc) and max_conc >= 1):
             raise err("max_concurrency", f"must be an integer >= 1, got {max_conc!r}")
         retries = raw.get("retries", 2)
-        if not (_is_int(retries) and retries >= 0):
+        if not (is_int(retries) and retries >= 0):
             raise err("retries", f"must be an integer >= 0, got {retries!r}")
         estimate = raw.get("estimate") or {}
         if not isinstance(estimate, dict):
@@ -488,7 +488,7 @@ def _around(raw: dict, key: str, err: _Errors) -> list[float]:
     centre = _number(raw["around"], f"{key}.around", err, positive=True)
     factor = _number(raw.get("factor", 2), f"{key}.factor", err, positive=True)
     n = raw.get("n", 3)
-    if not (_is_int(n) and n >= 1):
+    if not (is_int(n) and n >= 1):
         raise err(f"{key}.n", f"must be an integer >= 1, got {n!r}")
     if factor == 1 and n > 1:
         raise err(f"{key}.factor", "must differ from 1 for more than one value")
@@ -555,7 +555,7 @@ def _parse_isoflop(raw: Any, generator: str, axes: dict, linked: tuple, err: _Er
         raise err("linked", "a centred isoflop grid derives the sizes per budget; do not link flops")
     out: dict[str, Any] = {}
     sizes = raw.get("sizes", 5)
-    if not (_is_int(sizes) and sizes >= 3):
+    if not (is_int(sizes) and sizes >= 3):
         raise err("isoflop.sizes", f"must be an integer >= 3 (a parabola needs 3 sizes), got {sizes!r}")
     out["sizes"] = sizes
     factor = _number(raw.get("factor", 2.0), "isoflop.factor", err, positive=True)
@@ -655,7 +655,7 @@ def _parse_seeds(raw: Any, err: _Errors) -> tuple[int, ...]:
         return ()
     if not isinstance(raw, list):
         raw = [raw]
-    if not raw or not all(_is_int(s) and s >= 0 for s in raw):
+    if not raw or not all(is_int(s) and s >= 0 for s in raw):
         raise err("seeds", f"must be a list of integers >= 0, got {raw!r}")
     if len(set(raw)) != len(raw):
         raise err("seeds", f"has repeated values {raw}")
@@ -732,7 +732,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int) and abs(value) >= 1e5:
         return f"{value:.3g}"
     return str(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from moelab.errors import is_number
 from moelab.sweep.runid import is_run_id
 from moelab.sweep.state import read_json
 from moelab.train.identity import upgrade
@@ -145,7 +146,7 @@ def run_row(
         corpus_fingerprint=summary.get("corpus_fingerprint"),
     )
     for k, v in (read_json(run_dir / AXES_FILE) or {}).items():
-        if k != "seed" and isinstance(v, int | float) and not isinstance(v, bool):
+        if k != "seed" and is_number(v):
             row[NOMINAL_PREFIX + k] = float(v)
     return row
 

@@ -22,7 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from moelab.sweep.state import FINISHED, checkpoint_steps, read_summary, write_json_atomic
+from moelab.files import write_json_atomic
+from moelab.sweep.state import FINISHED, checkpoint_steps, read_summary
 
 DEFAULT_TRAINER = "moelab.train:run_training"
 #: Environment variable naming another trainer ``module:function`` (tests use a fast stand-in).

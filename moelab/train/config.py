@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.config import dataclass_from_dict as _from_dict
-from moelab.errors import ConfigError, check, shown
+from moelab.errors import ConfigError, check, is_int, is_number, shown
 from moelab.train.identity import NON_SEMANTIC, canonical, semantic, upgrade
 
 SCHEDULES = ("cosine", "wsd", "hunyuan", "constant")
@@ -30,14 +29,6 @@ ANNEALED = ("wsd", "hunyuan")
 DEFAULT_TOKENS = 1 << 20
 #: TrainConfig fields that do not change the result (excluded from RunConfig.semantic_dict()).
 NON_SEMANTIC_TRAIN = NON_SEMANTIC["train"]
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -68,7 +59,7 @@ class DataConfig:
             f"data.tokenizer must be one of {'|'.join(TOKENIZERS)}, got {self.tokenizer!r}",
         )
         check(
-            _is_num(self.val_fraction) and 0 < self.val_fraction < 1,
+            is_number(self.val_fraction) and 0 < self.val_fraction < 1,
             f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}",
         )
 
@@ -139,11 +130,11 @@ class TrainConfig:
             self.tokens is None or self.flops is None, "train.tokens and train.flops: give at most one budget"
         )
         check(
-            self.tokens is None or (_is_int(self.tokens) and self.tokens >= 1),
+            self.tokens is None or (is_int(self.tokens) and self.tokens >= 1),
             f"train.tokens must be an integer >= 1, got {self.tokens!r}",
         )
         check(
-            self.flops is None or (_is_num(self.flops) and self.flops > 0),
+            self.flops is None or (is_number(self.flops) and self.flops > 0),
             f"train.flops must be a number > 0, got {self.flops!r}",
         )
         for name in (
@@ -156,26 +147,26 @@ class TrainConfig:
             "keep_checkpoints",
         ):
             v = getattr(self, name)
-            check(_is_int(v) and v >= 1, f"train.{name} must be an integer >= 1, got {v!r}")
+            check(is_int(v) and v >= 1, f"train.{name} must be an integer >= 1, got {v!r}")
         check(
             isinstance(self.eval_dropless, bool),
             f"train.eval_dropless must be true or false, got {self.eval_dropless!r}",
         )
-        check(_is_int(self.seed) and self.seed >= 0, f"train.seed must be an integer >= 0, got {self.seed!r}")
+        check(is_int(self.seed) and self.seed >= 0, f"train.seed must be an integer >= 0, got {self.seed!r}")
         check(
             self.schedule in SCHEDULES,
             f"train.schedule must be one of {'|'.join(SCHEDULES)}, got {self.schedule!r}",
         )
         for name in ("lr", "eps", "grad_clip"):
             v = getattr(self, name)
-            check(_is_num(v) and v > 0, f"train.{name} must be a number > 0, got {v!r}")
+            check(is_number(v) and v > 0, f"train.{name} must be a number > 0, got {v!r}")
         v = self.expert_lr_scale
         check(
-            v == "auto" or (_is_num(v) and v > 0),
+            v == "auto" or (is_number(v) and v > 0),
             f"train.expert_lr_scale must be a number > 0 or auto, got {v!r}",
         )
         check(
-            _is_int(self.noise_every) and self.noise_every >= 0,
+            is_int(self.noise_every) and self.noise_every >= 0,
             f"train.noise_every must be an integer >= 0 (0: never), got {self.noise_every!r}",
         )
         check(
@@ -185,9 +176,9 @@ class TrainConfig:
         )
         for name in ("warmup_frac", "anneal_frac", "min_lr_ratio", "beta1", "beta2"):
             v = getattr(self, name)
-            check(_is_num(v) and 0 <= v <= 1, f"train.{name} must be in [0, 1], got {v!r}")
+            check(is_number(v) and 0 <= v <= 1, f"train.{name} must be in [0, 1], got {v!r}")
         check(
-            _is_num(self.weight_decay) and self.weight_decay >= 0,
+            is_number(self.weight_decay) and self.weight_decay >= 0,
             f"train.weight_decay must be a number >= 0, got {self.weight_decay!r}",
         )
         check(

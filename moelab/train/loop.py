@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from moelab.errors import ConfigError, disk_full_message
+from moelab.files import write_json_atomic
 from moelab.model.dispatch import resolve
 from moelab.parallel.placement import Placement
 from moelab.train.config import RunConfig
@@ -43,7 +44,6 @@ from moelab.train.metrics import (
     read_metrics,
     truncate_metrics,
     versions,
-    write_json_atomic,
 )
 from moelab.train.trackers import check_available, tracker_names, with_trackers
 

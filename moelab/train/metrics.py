@@ -1,4 +1,4 @@
-"""Run-folder files: atomic JSON writes, metrics.jsonl, provenance (versions, git commit) and the measured
+"""Run-folder files: metrics.jsonl, provenance (versions, git commit) and the measured
 matmul peak that model FLOP utilisation is quoted against."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from moelab.files import json_safe, name_file
 
 METRIC_KEYS = (
     "step",
@@ -28,39 +30,6 @@ METRIC_KEYS = (
     "tokens_per_s",
     "mfu",
 )
-
-
-def _clean(x):
-    """JSON-safe: NaN/Inf become None, numpy scalars become Python numbers."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json_atomic(path: Path, data) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(data), f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        _name_file(exc, path)
-        raise
-
-
-def _name_file(exc: BaseException, path) -> None:
-    """Name the file in an OSError raised by a write (a full disk gives none), for a one-line report."""
-    if isinstance(exc, OSError) and exc.filename is None:
-        exc.filename = str(path)
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -90,17 +59,17 @@ class MetricsWriter:
 
     def write(self, row: dict) -> None:
         try:
-            self._f.write(json.dumps(_clean(row)) + "\n")
+            self._f.write(json.dumps(json_safe(row)) + "\n")
             self._f.flush()
         except OSError as exc:
-            _name_file(exc, self._f.name)
+            name_file(exc, self._f.name)
             raise
 
     def close(self) -> None:
         try:
             self._f.close()  # flushes what a failed write left in the buffer: may fail the same way
         except OSError as exc:
-            _name_file(exc, self._f.name)
+            name_file(exc, self._f.name)
             raise
 
 

@@ -22,12 +22,11 @@ heavier dependency tree for what the two above already give.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from moelab.errors import ConfigError
+from moelab.errors import ConfigError, is_number
 
 TRACKERS = ("tensorboard", "wandb")
 _PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb"}
@@ -77,7 +76,7 @@ def _numbers(row: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v)
         for k, v in row.items()
-        if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if k != "step" and is_number(v)
     }
 
 
