@@ -24,6 +24,25 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str, ...], std: fl
     return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
+#: Variable metadata keys that may hold logical axis names (Flax's ``out_sharding`` / ``sharding_names``, ...)
+LOGICAL_KEYS = ("out_sharding", "sharding_names", "logical_axes", "sharding")
+
+
+def is_variable(x) -> bool:
+    """``is_leaf`` for ``jax.tree`` functions that should stop at NNX Variables (and read their metadata)."""
+    return isinstance(x, nnx.Variable)
+
+
+def logical_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
+    """The logical axis names of a Variable (one per array axis), or None when it carries none."""
+    meta = var.get_metadata()
+    for key in LOGICAL_KEYS:
+        names = meta.get(key)
+        if names:
+            return tuple(names)
+    return None
+
+
 class RMSNorm(nnx.Module):
     """Root-mean-square norm (Zhang & Sennrich 2019), statistics in float32, learned scale of size ``dim``."""
 

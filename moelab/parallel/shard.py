@@ -14,30 +14,14 @@ PartitionSpecs for a mesh. Variables without names (counters, caches) are replic
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from moelab.errors import ConfigError
+from moelab.model.layers import is_variable, logical_axes
 from moelab.parallel.rules import PARAM_RULES, Rules, spec_entries
-
-LOGICAL_KEYS = ("out_sharding", "sharding_names", "logical_axes", "sharding")
-
-
-def _is_var(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def logical_axes(var: nnx.Variable) -> tuple[str | None, ...] | None:
-    """The logical axis names of a Variable, or None when it carries none."""
-    meta = var.get_metadata()
-    for key in LOGICAL_KEYS:
-        names = meta.get(key)
-        if names:
-            return tuple(names)
-    return None
 
 
 def var_spec(var: nnx.Variable, mesh_sizes: dict[str, int], rules: Rules = PARAM_RULES) -> PartitionSpec:
@@ -54,14 +38,14 @@ def var_spec(var: nnx.Variable, mesh_sizes: dict[str, int], rules: Rules = PARAM
 def state_specs(state, mesh, rules: Rules = PARAM_RULES):
     """PartitionSpec tree (Variables replaced by their spec) for ``state`` on ``mesh``."""
     sizes = dict(mesh.shape)
-    return jax.tree.map(lambda v: v.replace(var_spec(v, sizes, rules)), state, is_leaf=_is_var)
+    return jax.tree.map(lambda v: v.replace(var_spec(v, sizes, rules)), state, is_leaf=is_variable)
 
 
 def state_shardings(state, mesh, rules: Rules = PARAM_RULES):
     """NamedSharding tree with the structure of ``state``."""
     sizes = dict(mesh.shape)
     return jax.tree.map(
-        lambda v: v.replace(NamedSharding(mesh, var_spec(v, sizes, rules))), state, is_leaf=_is_var
+        lambda v: v.replace(NamedSharding(mesh, var_spec(v, sizes, rules))), state, is_leaf=is_variable
     )
 
 
@@ -77,7 +61,7 @@ def per_device_params(state, mesh, rules: Rules = PARAM_RULES, param_type=nnx.Pa
     """Parameters (``param_type`` Variables) one device holds: sum of ``NamedSharding.shard_shape`` sizes."""
     sizes = dict(mesh.shape)
     total = 0
-    for var in jax.tree.leaves(state, is_leaf=_is_var):
+    for var in jax.tree.leaves(state, is_leaf=is_variable):
         if not isinstance(var, param_type):
             continue
         value = var.get_value()

@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from moelab.model.layers import is_variable, logical_axes
 from moelab.model.router import update_bias_state
 from moelab.parallel.remat import use_remat
 from moelab.parallel.rules import activation_sharding
@@ -52,24 +53,11 @@ def _replicated(mesh):
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def _axis_names(var) -> tuple[str, ...]:
-    meta = var.get_metadata() if hasattr(var, "get_metadata") else {}
-    for key in ("sharding_names", "sharding", "out_sharding"):
-        names = meta.get(key)
-        if names:
-            return tuple(str(n) for n in names if n is not None)
-    return ()
-
-
 def param_kind(path: str, var) -> ParamKind:
     """Label of one parameter: routed experts by their logical ``experts`` axis together with ``mlp`` (the
     router is [embed, experts] and is not an expert), norms by their ``norm`` axis, any 1-D array (norm scale,
     bias) by shape. Falls back to the path when a parameter has no axis names."""
-    names = _axis_names(var)
+    names = logical_axes(var) or ()
     value = var.get_value() if hasattr(var, "get_value") else var.value
     lowered = path.lower()
     if "norm" in names or value.ndim < 2 or "norm" in lowered or "bias" in lowered:
@@ -83,7 +71,7 @@ def param_kind(path: str, var) -> ParamKind:
 
 def param_labels(params):
     """A pytree like ``params`` (same structure, leaf for leaf) of ``ParamKind`` values."""
-    pairs, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_var)
+    pairs, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_variable)
     labels = [param_kind(jax.tree_util.keystr(path), var) for path, var in pairs]
     return jax.tree.unflatten(jax.tree.structure(params), labels)
 
