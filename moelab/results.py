@@ -46,6 +46,8 @@ def tables(path: str | os.PathLike) -> list[tuple[Path, pd.DataFrame]]:
             why = type(exc).__name__
             raise MoelabError(f"results path {p}: cannot read it as parquet ({why})") from None
         return [(p, _with_sweep(frame, p.parent.name))]
+    if not p.exists():
+        raise MoelabError(f"results path {p} holds no sweep (no such file or folder)")
     dirs = sweep_dirs(p)
     if not dirs:
         raise MoelabError(f"results path {p} holds no sweep (no runs.parquet and no runs/ folder)")
