@@ -540,6 +540,8 @@ def recommend(
     eta = row("peak learning rate", "eta_opt(C)", flops)
     row("peak learning rate", "eta_opt(N, E)", active_params, n_experts)
     B = row("batch (tokens)", "B_opt(C)", flops)
+    if B is None:
+        out["warnings"].append("no fitted B_opt(C): the batch printed is DeepSeek's published law only")
     published = [
         ("peak learning rate", PUBLISHED["deepseek_lr"]["source"], float(deepseek_lr(flops))),
         (
@@ -570,7 +572,10 @@ def recommend(
         }
     )
     if ratio is not None and n_experts > 1:
-        scale = [auto_expert_lr_scale(B_ref, B_ref, B_ref * r) for r in (ratio["median"], *ratio["interval"])]
+        # the rule peaks at ratio 1 (equal noise scales): the range over the runs' ratios is taken on a grid
+        lo, hi = ratio["interval"]
+        span = [auto_expert_lr_scale(B_ref, B_ref, B_ref * r) for r in np.geomspace(lo, hi, 65)]
+        scale = [auto_expert_lr_scale(B_ref, B_ref, B_ref * ratio["median"]), min(span), max(span)]
         out["rows"].append(
             {
                 "quantity": "expert LR scale",
@@ -729,6 +734,13 @@ def plan_hyper(cfg, name: str, *, seq: int, tokens: float | None = None, source=
         ratio=an.ratio,
     )
     rec.update(target=name, tokens=float(tokens), seq_len=seq, source=str(source), notes=an.notes)
+    if "B_opt(C)" not in an.laws and an.optima is not None and len(an.optima.table):
+        t = an.optima.table
+        edge = int((~t["inside_B"]).sum())
+        rec["warnings"].append(
+            f"in {edge} of {len(t)} cells the loss optimum in batch lay outside the sizes tried "
+            f"({t['B_opt'].min():.3g}..{t['B_opt'].max():.3g} tokens at the edge)"
+        )
     if rec["batch_tokens"] is not None:
         rec["batch_sequences"] = rec["batch_tokens"] / seq
     text = format_recommendation(rec, f"{name} ({float(tokens):.3g} tokens, seq {seq})")

@@ -312,3 +312,12 @@ def test_cells_group_jittered_tokens_fit_near_the_optimum_and_fall_back_at_a_bat
     assert not t["inside_B"][0] and t["inside_lr"][0]
     laws, notes = hyper.fit_hyper_laws(hyper.cell_optima(mono, n_boot=10))
     assert any("batch optimum is outside" in n for n in notes)
+
+
+def test_moelab_plan_fits_the_committed_rows_of_a_fresh_clone(capsys):
+    from moelab.cli import main
+
+    assert (hyper.default_data_dir() / hyper.RUNS_CSV).is_file()
+    assert main(["plan", "--preset", "hunyuan-large"]) == 0
+    out = capsys.readouterr().out
+    assert "fitted eta_opt(C)" in out and "warning:" in out and "data/hyper" in out
