@@ -90,6 +90,12 @@ def run(args: argparse.Namespace) -> int:
     laws = _laws(args.laws)
     sweep_file = find_sweep_file(args.sweep)
     ladder = find_ladder(args.ladder)
+    # the CLI boundary: analysis (pandas, SciPy, JAX fits) loads only when the demo runs
+    from analysis.report.build import build_report
+    from analysis.report.data import load_results
+    from analysis.report.reproduction import compare, load_committed, report_data
+
+    committed = None if ladder is None else load_committed(ladder)  # a broken ladder fails before training
     SweepSpec, run_sweep = _sweep_api()
     t0 = time.perf_counter()
     spec = SweepSpec.from_file(sweep_file)
@@ -97,12 +103,6 @@ def run(args: argparse.Namespace) -> int:
     sweep_s = time.perf_counter() - t0
     root = Path(outcome.get("table") or Path(args.results) / spec.name / "runs.parquet").parent
 
-    # the CLI boundary: analysis (pandas, SciPy, JAX fits) loads only once the sweep is done
-    from analysis.report.build import build_report
-    from analysis.report.data import load_results
-    from analysis.report.reproduction import compare, load_committed, report_data
-
-    committed = None if ladder is None else load_committed(ladder)
     rep = compare(load_results(root), committed, [t.run_id for t in spec.trials()], ladder or DEFAULT_LADDER)
     folder, summary = build_report(
         root,

@@ -279,3 +279,14 @@ def test_demo_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv):
     err = capsys.readouterr().err
     assert err.startswith("moelab: error: ") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_broken_ladder_fails_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "_sweep_api", lambda: pytest.fail("the sweep must not start"))
+    ladder = tmp_path / "ladder"
+    ladder.mkdir()
+    (ladder / "runs.parquet").write_bytes(b"not a parquet file")
+    assert main(["demo", "--results", str(tmp_path / "r"), "--ladder", str(ladder)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moelab: error: ") and "runs.parquet" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

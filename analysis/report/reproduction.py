@@ -29,6 +29,7 @@ from scipy import stats
 from analysis.report import figures as F
 from analysis.report.data import ResultsData, _run_dir, load_results
 from analysis.report.render import Section
+from moelab.errors import MoelabError
 from moelab.sweep.runid import hash_of
 from moelab.sweep.state import read_json
 from moelab.train.identity import BASELINE, run_hash, upgrade
@@ -148,9 +149,15 @@ def load_committed(root: str | Path) -> ResultsData | None:
     runs.parquet, or an empty one)."""
     root = Path(root)
     table = root / "runs.parquet"
-    if not table.is_file() or pd.read_parquet(table, columns=["run_id"]).empty:
+    if not table.is_file():
         return None
-    return load_results(root)
+    try:
+        empty = pd.read_parquet(table, columns=["run_id"]).empty
+    except Exception as exc:  # a corrupt table is the user's file, not our bug (as load_results says)
+        raise MoelabError(
+            f"committed ladder {root}: cannot read runs.parquet ({type(exc).__name__}: {exc})"
+        ) from exc
+    return None if empty else load_results(root)
 
 
 def _committed_runs(committed: ResultsData | None) -> pd.DataFrame:
@@ -243,6 +250,10 @@ def _only(data: ResultsData, hashes: set) -> ResultsData:
     )
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _short_commit(v) -> str | None:
     return str(v)[:10] if isinstance(v, str) and v else None
 
@@ -273,10 +284,11 @@ def _sentence(rep: Reproduction, committed_at: str | Path | None) -> str:
         )
     sd = rep.noise.sd
     good = compared["difference"].abs() <= TOLERANCE_SD * sd
+    configs = _n(len(rep.noise.groups), "committed config")
     base = (
         f"{int(good.sum())} of {len(compared)} fresh runs reproduce their committed twins within "
-        f"{TOLERANCE_SD:g} seed SDs (seed SD {sd:.4f} nats/token from {len(rep.noise.groups)} committed "
-        f"configs with 2+ seeds; largest |difference| {worst:.4f})"
+        f"{TOLERANCE_SD:g} seed SDs (seed SD {sd:.4f} nats/token from {configs} with 2+ seeds; largest "
+        f"|difference| {worst:.4f})"
     )
     if good.all():
         return base
@@ -334,8 +346,7 @@ def _figure(rep: Reproduction):
         ax.scatter(lone["flops"], lone["loss"], s=40, marker="x", color="0.35",
                    label="fresh, no committed twin", zorder=3)  # fmt: skip
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    F._plain_log_y(ax)
+    F._no_minor_labels(ax.xaxis)
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel("final held-out loss (nats/token)")
     ax.set_title("Fresh runs on the committed ladder")
@@ -348,11 +359,12 @@ def _figure(rep: Reproduction):
             col = cmap(i % 10)
             cc, fc = _evals(committed, c), _evals(fresh, f)
             ax.plot(cc["tokens"], cc["eval_loss"], "-", color=col, lw=1.4, label=label_of[f])
-            ax.plot(fc["tokens"], fc["eval_loss"], "--", color=col, lw=1.4, marker="o", ms=3)
+            ax.plot(fc["tokens"], fc["eval_loss"], "--", color=col, lw=1.4, marker="o", ms=6, mfc="none")
         ax.set_xscale("log")
+        F._no_minor_labels(ax.xaxis)
         ax.set_xlabel("tokens seen")
         ax.set_ylabel("held-out loss (nats/token)")
-        ax.set_title("During training: committed (solid), fresh (dashed)")
+        ax.set_title("During training: committed (solid), fresh (dashed, rings)")
         ax.legend(loc="best", fontsize=7.5)
     fig.tight_layout()
     return fig
@@ -405,10 +417,11 @@ def reproduction_section(rep: Reproduction) -> Section:
     else:
         lo, hi = noise.interval
         notes.append(
-            f"Seed noise: SD {noise.sd:.4f} nats/token (95% interval [{lo:.4f}, {hi:.4f}], {noise.dof} "
-            f"degrees of freedom), pooled over the {len(noise.groups)} committed configs trained with more "
-            f"than one seed (listed below). A fresh run is reproduced when |fresh - committed| <= "
-            f"{TOLERANCE_SD:g} SD; the SD is measured at those configs and applied to every fresh run."
+            f"Seed noise: SD {noise.sd:.4f} nats/token (95% interval [{lo:.4f}, {hi:.4f}], "
+            f"{_n(noise.dof, 'degree')} of freedom), pooled over {_n(len(noise.groups), 'committed config')} "
+            "trained with more than one seed (the table above). A fresh run is reproduced when "
+            f"|fresh - committed| <= {TOLERANCE_SD:g} SD; the SD is measured at those configs and applied to "
+            "every fresh run."
         )
         tables.append(("Seed noise: committed configs with more than one seed", _noise_table(noise.groups)))
     notes.append(
