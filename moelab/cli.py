@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("analysis.datasets.cli", "public scaling data bundled with moelab: list, info NAME"),
     "plan": ("moelab.parallel.cli", "memory and time plan of a large configuration on a TPU/GPU mesh"),
     "bench": ("moelab.bench", "benchmarks: training-step throughput and model FLOP utilisation"),
-    "demo": ("moelab.demo", "run the demo sweep on the embedded corpus, fit the laws, write the report"),
+    "demo": ("moelab.demo", "train the demo sweep afresh and report it beside the committed ladder"),
 }
 
 
