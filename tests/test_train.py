@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import nnx
 
+import moelab.train.loop
 from moelab.accounting import train_flops_per_token
 from moelab.errors import ConfigError
 from moelab.model import Transformer
@@ -280,12 +281,10 @@ def test_divergence_is_a_status_not_a_crash(tmp_path, corpus):
 
 
 def test_failure_writes_failed_summary_and_reraises(tmp_path, corpus, monkeypatch):
-    import moelab.data
-
     def broken(*args):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(moelab.data, "train_batch", broken)
+    monkeypatch.setattr(moelab.train.loop, "train_batch", broken)  # the loop's batch source fails
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_training(tiny_run(corpus), tmp_path / "run", progress=False)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -293,12 +292,10 @@ def test_failure_writes_failed_summary_and_reraises(tmp_path, corpus, monkeypatc
 
 
 def test_interruption_leaves_the_run_resumable(tmp_path, corpus, monkeypatch):
-    import moelab.data
-
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(moelab.data, "train_batch", interrupted)
+    monkeypatch.setattr(moelab.train.loop, "train_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny_run(corpus), tmp_path / "run", progress=False)
     s = json.loads((tmp_path / "run" / "summary.json").read_text())

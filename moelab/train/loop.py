@@ -19,6 +19,11 @@ are a pure function of (seed, step), so no exchange is needed) and contributes t
 (``jax.make_array_from_callback``); checkpoints are written by all processes together (orbax) and restored
 onto the target shardings; only process 0 writes config.json, metrics.jsonl and summary.json. The mesh and
 the remat policy are execution options: they do not enter the config or the run id.
+
+The code: ``run_training`` checks the input and writes the folder's first files, then a ``Session`` trains:
+``__init__`` (fresh or restored state, jitted steps), ``step``, ``log``, ``evaluate``, ``checkpoint`` and
+``finish`` (the summary), with ``moelab.parallel.placement.Placement`` holding what differs between one
+device and a mesh (where arrays are created and put, which process writes).
 """
 
 from __future__ import annotations
@@ -30,12 +35,24 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from moelab.accounting import param_counts
+from moelab.data import eval_batches, eval_windows, prepare, train_batch
 from moelab.errors import ConfigError, disk_full_message
 from moelab.files import write_json_atomic
+from moelab.model import Transformer
 from moelab.model.dispatch import resolve
+from moelab.model.stats import router_health
+from moelab.parallel.mesh import make_mesh, mesh_shape_of
 from moelab.parallel.placement import Placement
+from moelab.parallel.remat import check_policy
+from moelab.train.checkpoint import Checkpointer
 from moelab.train.config import RunConfig
 from moelab.train.metrics import (
     MetricsWriter,
@@ -45,6 +62,9 @@ from moelab.train.metrics import (
     truncate_metrics,
     versions,
 )
+from moelab.train.noise import NoiseMonitor
+from moelab.train.optim import lr_schedule, make_optimizer
+from moelab.train.step import make_eval_step, make_loss_fn, make_train_step, param_labels
 from moelab.train.trackers import check_available, tracker_names, with_trackers
 
 
@@ -85,8 +105,6 @@ def check_out_dir(run: RunConfig, out: Path) -> bool:
 
 
 def prepare_data(run: RunConfig):
-    from moelab.data import eval_windows, prepare
-
     d = run.data
     data = prepare(
         d.corpus,
@@ -121,9 +139,6 @@ def _progress_bar(progress, total: int, start: int):
         progress = sys.stderr.isatty()
     if not progress:
         return (lambda step, text: None), (lambda: None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     bar = Progress(
         TextColumn("train"),
         BarColumn(),
@@ -146,10 +161,6 @@ def resolve_mesh(mesh, batch_size: int | None = None):
     """
     if mesh is None:
         return None
-    import jax
-
-    from moelab.parallel.mesh import make_mesh, mesh_shape_of
-
     if not isinstance(mesh, jax.sharding.Mesh):
         mesh = make_mesh(mesh)
     shape = mesh_shape_of(mesh)
@@ -174,35 +185,27 @@ def run_training(
     ``tracker``: ``tensorboard`` | ``wandb`` or a list (``moelab.train.trackers``); ``group``: the sweep.
     Raises ConfigError (nothing written) for bad input; re-raises any error of the loop after recording it.
     """
-    from moelab.parallel.remat import jax_policy
-
     out = Path(out_dir)
-    jax_policy(remat)  # validates the name
+    check_policy(remat)
     tracker = tracker_names(tracker)
     check_available(tracker)
-    mesh = resolve_mesh(mesh, run.train.batch_size)
-    resume = check_out_dir(run, out)
-    if resume:
+    placement = Placement(resolve_mesh(mesh, run.train.batch_size))
+    if check_out_dir(run, out):
         old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         if old.get("status") in ("succeeded", "diverged"):
             return old  # finished: nothing to do
     data, eval_starts = prepare_data(run)  # may raise ConfigError: nothing written yet
-    main = _is_main_process()
+    main = placement.is_main
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", run.to_dict())
-    summary = _base_summary(run, data)
-    if mesh is not None:
-        summary["mesh"] = str(_mesh_shape(mesh))
-    summary["remat"] = remat
-    ev = run.model.dropless() if run.train.eval_dropless else run.model
-    summary["eval_dispatch"] = {"dispatch": ev.dispatch, "capacity_factor": ev.capacity_factor,
-                                "overflow": ev.overflow, "dropless": ev == run.model.dropless()}  # fmt: skip
+    summary = _base_summary(run, data, placement, remat)
     if main:
         write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
-        bar = progress if main else False
-        summary = _train(run, out, data, eval_starts, summary, bar, mesh, remat, main, (tracker, group))
+        session = Session(run, out, data, eval_starts, placement, summary, remat=remat,
+                          progress=progress if main else False, tracker=(tracker, group))  # fmt: skip
+        session.train()
     except (KeyboardInterrupt, SystemExit):
         # An interruption is not a failure: the status stays ``running`` and the next start resumes from the
         # latest checkpoint.
@@ -221,27 +224,9 @@ def run_training(
     return summary
 
 
-def _is_main_process() -> bool:
-    import jax
-
-    return jax.process_index() == 0
-
-
-def _mesh_shape(mesh):
-    from moelab.parallel.mesh import mesh_shape_of
-
-    return mesh_shape_of(mesh)
-
-
 def init_state(run: RunConfig, placement: Placement):
     """(graphdef, params, rest, opt_state, first_bad, tx) of a fresh run, created where ``placement`` says
     (on a mesh: each leaf directly on its logical-axis sharding; ``moelab.parallel.placement``)."""
-    from flax import nnx
-
-    from moelab.model import Transformer
-    from moelab.train.optim import make_optimizer
-    from moelab.train.step import param_labels
-
     m, t = run.model, run.train
     graphdef, params, rest = placement.init_model(lambda: Transformer(m, rngs=nnx.Rngs(t.seed)))
     tx = make_optimizer(t, param_labels(params))
@@ -249,11 +234,9 @@ def init_state(run: RunConfig, placement: Placement):
     return graphdef, params, rest, opt_state, placement.scalar(np.int32(-1)), tx
 
 
-def _base_summary(run: RunConfig, data) -> dict:
-    from moelab.accounting import param_counts
-
+def _base_summary(run: RunConfig, data, placement: Placement, remat: str) -> dict:
     counts = param_counts(run.model)
-    return {
+    summary = {
         "status": "running",
         "eval_loss": None,
         "eval_bpb": None,
@@ -283,185 +266,224 @@ def _base_summary(run: RunConfig, data) -> dict:
         "tokenizer": data.tokenizer.id,
         "unigram_entropy": data.store.unigram_entropy(data.tokenizer.vocab_size),
     }
-
-
-def _train(run: RunConfig, out: Path, data, eval_starts, summary, progress, mesh, remat, main, track) -> dict:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from moelab.data import eval_batches, train_batch
-    from moelab.model import Transformer
-    from moelab.model.stats import router_health
-    from moelab.train.checkpoint import Checkpointer
-    from moelab.train.noise import NoiseMonitor
-    from moelab.train.optim import lr_schedule
-    from moelab.train.step import make_eval_step, make_loss_fn, make_train_step, param_labels
-
-    t0 = time.perf_counter()
-    m, t = run.model, run.train
-    total_steps = run.total_steps()
-    tokens_per_step = t.tokens_per_step
-    flops_per_token = run.flops_per_token()
-
-    placement = Placement(mesh)
-    graphdef, params, rest, opt_state, first_bad, tx = init_state(run, placement)
-    state_sh = placement.shardings((params, opt_state, first_bad, rest))
-    train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat, state_shardings=state_sh)
-    lrs = np.asarray(jax.vmap(lr_schedule(t, total_steps))(jnp.arange(total_steps)), np.float32)
-    seed = np.int32(t.seed)
-    eval_graphdef = graphdef  # train.eval_dropless: the same parameters through a dropless dispatch
-    if t.eval_dropless and m.dropless() != m:
-        eval_graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(m.dropless(), rngs=nnx.Rngs(0))))
-    eval_step = make_eval_step(eval_graphdef, data.tokenizer.token_bytes(), mesh=mesh)
-    put_batch = placement.batch
-
-    ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
-    start, prev_wall, prev_train, meta = 0, 0.0, 0.0, None
-    restored = ckpt.restore_latest((params, opt_state, first_bad, rest))  # unreadable ones: set aside, said
-    if restored is not None:
-        (params, opt_state, first_bad, rest), meta = restored
-        start, prev_wall, prev_train = (
-            int(meta["step"]),
-            float(meta["wall_time_s"]),
-            float(meta["train_time_s"]),
-        )
-    # the gradient noise scale, probed every train.noise_every steps (moelab.train.noise)
-    loss_fn = make_loss_fn(graphdef, m, mesh=mesh, remat=remat)
-    noise = NoiseMonitor.for_run(run, loss_fn, param_labels(params), mesh=mesh, meta=meta)
-    metrics_path = out / "metrics.jsonl"
-    if main and metrics_path.exists():
-        truncate_metrics(metrics_path, start)
-    writer = MetricsWriter(metrics_path) if main else _MemoryWriter()
-    if main:  # live trackers see every row metrics.jsonl gets (moelab.train.trackers)
-        writer = with_trackers(writer, track[0], out, run.to_dict(), track[1], start)
-    update_bar, close_bar = _progress_bar(progress, total_steps, start)
-    peak = peak_flops()
-
-    def evaluate(params):
-        nats = nbytes = 0.0
-        for batch in eval_batches(data.store.val, eval_starts, t.seq_len, t.batch_size):
-            n, b = eval_step(params, rest, put_batch(batch))
-            nats, nbytes = nats + float(n), nbytes + float(b)
-        n_tokens = len(eval_starts) * t.seq_len
-        return nats / n_tokens, nats / math.log(2) / nbytes
-
-    pending, last_eval, last_row = [], None, {}
-    train_time = prev_train
-    interval_start, interval_steps = time.perf_counter(), 0
-    compile_s = 0.0  # the first step of a session (compilation or cache load), left out of the throughput
-    status, diverged_step = "succeeded", None
-    try:
-        for step in range(start, total_steps):
-            batch = put_batch(train_batch(data.store.train, t.seed, step, t.batch_size, t.seq_len))
-            opt_state = noise.before_step(step, params, rest, batch, seed, opt_state)
-            params, opt_state, first_bad, rest, metrics = train_step(
-                params, opt_state, first_bad, rest, batch, np.int32(step), lrs[step], seed
-            )
-            pending.append(metrics)
-            if step == start:
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - interval_start
-            interval_steps += 1
-            done = step + 1
-            last = done == total_steps
-            do_eval = done % t.eval_every == 0 or last
-            do_ckpt = done % t.checkpoint_every == 0 or last
-            if not (done % t.log_every == 0 or do_eval or do_ckpt or last):
-                continue
-            host, bad = jax.device_get((pending, first_bad))
-            pending = []
-            elapsed = time.perf_counter() - interval_start
-            train_time += elapsed
-            if int(bad) >= 0:
-                status, diverged_step = "diverged", int(bad) + 1  # 1-based, as metrics "step"
-                break
-            timed_steps, timed_s = interval_steps, elapsed
-            if done - interval_steps == start and interval_steps > 1:  # the interval holds the first step
-                timed_steps, timed_s = interval_steps - 1, elapsed - compile_s
-            tokens_per_s = timed_steps * tokens_per_step / max(timed_s, 1e-9)
-            load = np.mean([h["load"] for h in host], axis=0)
-            last_row = {
-                "step": done,
-                "tokens": done * tokens_per_step,
-                "loss": float(np.mean([h["loss"] for h in host])),
-                "lr": float(host[-1]["lr"]),
-                "grad_norm": float(np.mean([h["grad_norm"] for h in host])),
-                "aux_loss": float(np.mean([h["aux_loss"] for h in host])),
-                "z_loss": float(np.mean([h["z_loss"] for h in host])),
-                "load_min": float(load.min()),
-                "load_max": float(load.max()),
-                "dropped_frac": float(np.mean([h["dropped_frac"] for h in host])),
-                "recycled_frac": float(np.mean([h["recycled_frac"] for h in host])),
-                "tokens_per_s": tokens_per_s,
-                "mfu": tokens_per_s * flops_per_token / peak,
-                **noise.metrics(),
-            }
-            row = dict(last_row)
-            if m.is_moe:  # per-layer router health over the interval; the bias its last step used
-                health = router_health(
-                    load,
-                    np.mean([h["router"].dropped_frac for h in host], axis=0),
-                    np.mean([h["router"].recycled_frac for h in host], axis=0),
-                    host[-1]["router"].bias,
-                )
-                row["router"] = summary["router_health"] = health
-            if do_eval:
-                last_eval = evaluate(params)
-                row["eval_loss"], row["eval_bpb"] = last_eval
-            summary["expert_load"] = load.tolist()
-            if do_ckpt:
-                wall = prev_wall + time.perf_counter() - t0
-                ckpt.save(
-                    done,
-                    (params, opt_state, first_bad, rest),
-                    {"step": done, "wall_time_s": wall, "train_time_s": train_time, **noise.state()},
-                )
-            writer.write(row)
-            update_bar(done, f"loss {row['loss']:.3f}" + (f" eval {row['eval_loss']:.3f}" if do_eval else ""))
-            interval_start, interval_steps = time.perf_counter(), 0
-        ckpt.wait()
-    finally:
-        close_bar()
-        writer.close()
-        ckpt.close()
-
-    rows = read_metrics(metrics_path) if main else writer.rows  # other processes: this session's rows
-    train_rows = [r for r in rows if "loss" in r]
-    steps_done = train_rows[-1]["step"] if train_rows else start
-    tokens = steps_done * tokens_per_step
-    # throughput over the logged intervals (each without its session's first, compiling step)
-    prev_steps = [0, *(r["step"] for r in train_rows)][: len(train_rows)]
-    spans = [(r["step"] - p) * tokens_per_step for p, r in zip(prev_steps, train_rows, strict=True)]
-    seconds = sum(n / r["tokens_per_s"] for n, r in zip(spans, train_rows, strict=True) if r["tokens_per_s"])
-    tokens_per_s = sum(spans) / seconds if seconds > 0 else None
-    evals = [r for r in rows if r.get("eval_loss") is not None]
-    summary.update(
-        status=status,
-        diverged_step=diverged_step,
-        steps=steps_done,
-        tokens=tokens,
-        flops=tokens * flops_per_token,
-        train_loss=train_rows[-1]["loss"] if train_rows else None,
-        eval_loss=evals[-1]["eval_loss"] if evals and status == "succeeded" else None,
-        eval_bpb=evals[-1]["eval_bpb"] if evals and status == "succeeded" else None,
-        eval_tokens=len(eval_starts) * t.seq_len,
-        dropped_frac=train_rows[-1]["dropped_frac"] if train_rows else None,
-        recycled_frac=train_rows[-1]["recycled_frac"] if train_rows else None,
-        load_min=train_rows[-1]["load_min"] if train_rows else None,
-        load_max=train_rows[-1]["load_max"] if train_rows else None,
-        wall_time_s=prev_wall + time.perf_counter() - t0,
-        train_time_s=train_time,
-        first_step_s=compile_s,
-        tokens_per_s=tokens_per_s,
-        mfu=(tokens_per_s * flops_per_token / peak) if tokens_per_s else None,
-        peak_flops=peak,
-        checkpoint_time_s=ckpt.seconds,
-        resumed_from=start or None,
-        **noise.summary(seconds),
-        checkpoints_set_aside=ckpt.set_aside or None,
-    )
+    if placement.mesh is not None:
+        summary["mesh"] = str(mesh_shape_of(placement.mesh))
+    summary["remat"] = remat
+    ev = run.model.dropless() if run.train.eval_dropless else run.model
+    summary["eval_dispatch"] = {"dispatch": ev.dispatch, "capacity_factor": ev.capacity_factor,
+                                "overflow": ev.overflow, "dropless": ev == run.model.dropless()}  # fmt: skip
     return summary
+
+
+class Session:
+    """One training session of a run (a fresh start or a resume), in five parts: ``__init__`` (state fresh or
+    restored, the jitted steps, checkpointer, noise probe, metrics writer), ``step`` (one optimiser step),
+    ``log`` (a metrics row from the steps since the last one), ``evaluate`` (held-out loss and bits per byte),
+    ``checkpoint`` and ``finish`` (the summary). ``train`` runs them in order. Where the arrays live (one
+    device or a mesh) is the ``Placement``'s business; the session code is the same for both."""
+
+    def __init__(self, run: RunConfig, out: Path, data, eval_starts, placement: Placement, summary: dict, *,
+                 remat: str, progress, tracker):  # fmt: skip
+        self.t0 = time.perf_counter()
+        self.run, self.out, self.data, self.eval_starts = run, out, data, eval_starts
+        self.placement, self.summary = placement, summary
+        m, t = run.model, run.train
+        self.total_steps = run.total_steps()
+        mesh = placement.mesh
+        graphdef, params, rest, opt_state, first_bad, tx = init_state(run, placement)
+        state = (params, opt_state, first_bad, rest)  # what a step updates (rest: the routers' biases)
+        self.train_step = make_train_step(graphdef, tx, m, mesh=mesh, remat=remat,
+                                          state_shardings=placement.shardings(state))
+        self.lrs = np.asarray(jax.vmap(lr_schedule(t, self.total_steps))(jnp.arange(self.total_steps)),
+                              np.float32)  # fmt: skip
+        self.seed = np.int32(t.seed)
+        eval_graphdef = graphdef  # train.eval_dropless: the same parameters through a dropless dispatch
+        if t.eval_dropless and m.dropless() != m:
+            eval_graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(m.dropless(), rngs=nnx.Rngs(0))))
+        self.eval_step = make_eval_step(eval_graphdef, data.tokenizer.token_bytes(), mesh=mesh)
+
+        self.ckpt = Checkpointer(out / "checkpoints", keep=t.keep_checkpoints)
+        self.start, self.prev_wall, self.train_time, meta = 0, 0.0, 0.0, None
+        restored = self.ckpt.restore_latest(state)  # unreadable ones are set aside, and said
+        if restored is not None:
+            state, meta = restored
+            self.start = int(meta["step"])
+            self.prev_wall, self.train_time = float(meta["wall_time_s"]), float(meta["train_time_s"])
+        self.state = state
+        # the gradient noise scale, probed every train.noise_every steps (moelab.train.noise)
+        loss_fn = make_loss_fn(graphdef, m, mesh=mesh, remat=remat)
+        self.noise = NoiseMonitor.for_run(run, loss_fn, param_labels(params), mesh=mesh, meta=meta)
+
+        self.metrics_path = out / "metrics.jsonl"
+        if placement.is_main:
+            if self.metrics_path.exists():
+                truncate_metrics(self.metrics_path, self.start)
+            # live trackers see every row metrics.jsonl gets (moelab.train.trackers)
+            self.writer = with_trackers(MetricsWriter(self.metrics_path), tracker[0], out, run.to_dict(),
+                                        tracker[1], self.start)  # fmt: skip
+        else:
+            self.writer = _MemoryWriter()
+        self.update_bar, self.close_bar = _progress_bar(progress, self.total_steps, self.start)
+        self.peak = peak_flops()
+        self.pending: list = []  # the steps' metrics (device arrays) since the last log line
+        self.first_bad = -1  # the first non-finite step (0-based) as last read from the device
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+        self.compile_s = 0.0  # a session's first step (compilation or cache load), left out of the throughput
+
+    # ------------------------------------------------------------------------------------------- the parts
+    def step(self, step: int) -> None:
+        """One optimiser step (the noise probe first, at its interval); metrics stay on the device."""
+        t = self.run.train
+        tokens = train_batch(self.data.store.train, t.seed, step, t.batch_size, t.seq_len)
+        batch = self.placement.batch(tokens)
+        params, opt_state, first_bad, rest = self.state
+        opt_state = self.noise.before_step(step, params, rest, batch, self.seed, opt_state)
+        *state, metrics = self.train_step(
+            params, opt_state, first_bad, rest, batch, np.int32(step), self.lrs[step], self.seed
+        )
+        self.state = tuple(state)
+        self.pending.append(metrics)
+        if step == self.start:
+            jax.block_until_ready(metrics)
+            self.compile_s = time.perf_counter() - self.interval_start
+        self.interval_steps += 1
+
+    def log(self, done: int) -> dict | None:
+        """The metrics row of the steps since the last one (None when a step diverged: ``first_bad``)."""
+        host, bad = jax.device_get((self.pending, self.state[2]))
+        self.pending = []
+        elapsed = time.perf_counter() - self.interval_start
+        self.train_time += elapsed
+        self.first_bad = int(bad)
+        if self.first_bad >= 0:
+            return None
+        timed_steps, timed_s = self.interval_steps, elapsed
+        if done - self.interval_steps == self.start and self.interval_steps > 1:  # holds the first step
+            timed_steps, timed_s = self.interval_steps - 1, elapsed - self.compile_s
+        tokens_per_s = timed_steps * self.run.train.tokens_per_step / max(timed_s, 1e-9)
+        load = np.mean([h["load"] for h in host], axis=0)
+        self.summary["expert_load"] = load.tolist()
+        def mean(key: str) -> float:
+            return float(np.mean([h[key] for h in host]))
+
+        row = {
+            "step": done,
+            "tokens": done * self.run.train.tokens_per_step,
+            "loss": mean("loss"),
+            "lr": float(host[-1]["lr"]),
+            "grad_norm": mean("grad_norm"),
+            "aux_loss": mean("aux_loss"),
+            "z_loss": mean("z_loss"),
+            "load_min": float(load.min()),
+            "load_max": float(load.max()),
+            "dropped_frac": mean("dropped_frac"),
+            "recycled_frac": mean("recycled_frac"),
+            "tokens_per_s": tokens_per_s,
+            "mfu": tokens_per_s * self.run.flops_per_token() / self.peak,
+            **self.noise.metrics(),
+        }
+        if self.run.model.is_moe:  # per-layer router health over the interval; the bias its last step used
+            health = router_health(
+                load,
+                np.mean([h["router"].dropped_frac for h in host], axis=0),
+                np.mean([h["router"].recycled_frac for h in host], axis=0),
+                host[-1]["router"].bias,
+            )
+            row["router"] = self.summary["router_health"] = health
+        return row
+
+    def evaluate(self) -> tuple[float, float]:
+        """(held-out loss in nats per token, bits per byte) over the run's evaluation windows."""
+        t = self.run.train
+        nats = nbytes = 0.0
+        for batch in eval_batches(self.data.store.val, self.eval_starts, t.seq_len, t.batch_size):
+            n, b = self.eval_step(self.state[0], self.state[3], self.placement.batch(batch))
+            nats, nbytes = nats + float(n), nbytes + float(b)
+        return nats / (len(self.eval_starts) * t.seq_len), nats / math.log(2) / nbytes
+
+    def checkpoint(self, done: int) -> None:
+        wall = self.prev_wall + time.perf_counter() - self.t0
+        meta = {"step": done, "wall_time_s": wall, "train_time_s": self.train_time, **self.noise.state()}
+        self.ckpt.save(done, self.state, meta)
+
+    def train(self) -> dict:
+        """Steps from the restored one to the last; log every ``log_every`` steps, evaluate every
+        ``eval_every``, checkpoint every ``checkpoint_every``, all three at the last step; a diverged step
+        ends the session. Returns ``finish``'s summary."""
+        t = self.run.train
+        status, diverged_step = "succeeded", None
+        try:
+            for step in range(self.start, self.total_steps):
+                self.step(step)
+                done = step + 1
+                last = done == self.total_steps
+                do_eval = done % t.eval_every == 0 or last
+                do_ckpt = done % t.checkpoint_every == 0 or last
+                if not (done % t.log_every == 0 or do_eval or do_ckpt):
+                    continue
+                row = self.log(done)
+                if row is None:
+                    status, diverged_step = "diverged", self.first_bad + 1  # 1-based, as metrics "step"
+                    break
+                if do_eval:
+                    row["eval_loss"], row["eval_bpb"] = self.evaluate()
+                if do_ckpt:
+                    self.checkpoint(done)
+                self.writer.write(row)
+                text = f"loss {row['loss']:.3f}" + (f" eval {row['eval_loss']:.3f}" if do_eval else "")
+                self.update_bar(done, text)
+                self.interval_start, self.interval_steps = time.perf_counter(), 0
+            self.ckpt.wait()
+        finally:
+            self.close_bar()
+            self.writer.close()
+            self.ckpt.close()
+        return self.finish(status, diverged_step)
+
+    def finish(self, status: str, diverged_step: int | None) -> dict:
+        """The run's summary from its metrics (every session's rows, so a resumed run sums them all)."""
+        run, t = self.run, self.run.train
+        tokens_per_step, flops_per_token = t.tokens_per_step, run.flops_per_token()
+        # other processes: this session's rows
+        rows = read_metrics(self.metrics_path) if self.placement.is_main else self.writer.rows
+        train_rows = [r for r in rows if "loss" in r]
+        last = train_rows[-1] if train_rows else {}
+        steps_done = last.get("step", self.start)
+        tokens = steps_done * tokens_per_step
+        # throughput over the logged intervals (each without its session's first, compiling step)
+        prev_steps = [0, *(r["step"] for r in train_rows)][: len(train_rows)]
+        spans = [(r["step"] - p) * tokens_per_step for p, r in zip(prev_steps, train_rows, strict=True)]
+        timed = zip(spans, train_rows, strict=True)
+        seconds = sum(n / r["tokens_per_s"] for n, r in timed if r["tokens_per_s"])
+        tokens_per_s = sum(spans) / seconds if seconds > 0 else None
+        evals = [r for r in rows if r.get("eval_loss") is not None]
+        final_eval = evals[-1] if evals and status == "succeeded" else {}
+        self.summary.update(
+            status=status,
+            diverged_step=diverged_step,
+            steps=steps_done,
+            tokens=tokens,
+            flops=tokens * flops_per_token,
+            train_loss=last.get("loss"),
+            eval_loss=final_eval.get("eval_loss"),
+            eval_bpb=final_eval.get("eval_bpb"),
+            eval_tokens=len(self.eval_starts) * t.seq_len,
+            dropped_frac=last.get("dropped_frac"),
+            recycled_frac=last.get("recycled_frac"),
+            load_min=last.get("load_min"),
+            load_max=last.get("load_max"),
+            wall_time_s=self.prev_wall + time.perf_counter() - self.t0,
+            train_time_s=self.train_time,
+            first_step_s=self.compile_s,
+            tokens_per_s=tokens_per_s,
+            mfu=(tokens_per_s * flops_per_token / self.peak) if tokens_per_s else None,
+            peak_flops=self.peak,
+            checkpoint_time_s=self.ckpt.seconds,
+            resumed_from=self.start or None,
+            **self.noise.summary(seconds),
+            checkpoints_set_aside=self.ckpt.set_aside or None,
+        )
+        return self.summary
 
 
 class _MemoryWriter:
