@@ -1,7 +1,9 @@
 """moelab: a laboratory for the scaling laws of Mixture-of-Experts language models.
 
-Importing the package is cheap (no JAX import); it only points JAX's persistent compilation cache at a user
-cache folder so that repeated runs of the same shapes skip XLA compilation. Override with the environment:
+Importing the package is cheap (no JAX import) and has no side effect. ``enable_compilation_cache()`` points
+JAX's persistent compilation cache at a user cache folder so that repeated runs of the same shapes skip XLA
+compilation; a run turns it on where it starts (the ``moelab`` command, ``moelab.train.run_training``, the
+test suite's conftest). Override with the environment:
 
 - ``MOELAB_CACHE_DIR``: root of moelab's caches (default ``$XDG_CACHE_HOME/moelab`` or ``~/.cache/moelab``);
 - ``JAX_COMPILATION_CACHE_DIR``: JAX's own variable wins when set;
@@ -37,7 +39,7 @@ def enable_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     if "jax" in sys.modules:  # JAX already read its environment: tell its config directly
-        import jax
+        import jax  # already imported (a no-op): ``import moelab`` itself never imports JAX
 
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update(
@@ -48,6 +50,3 @@ def enable_compilation_cache() -> None:
             "jax_persistent_cache_min_entry_size_bytes",
             int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
         )
-
-
-enable_compilation_cache()

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from moelab import __version__
+from moelab import __version__, enable_compilation_cache
 from moelab.errors import MoelabError, disk_full_message
 
 # name -> (module, one-line help). The module is imported only when its command runs.
@@ -68,6 +68,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    enable_compilation_cache()  # every command's JAX programs (train, fit, bench) reuse earlier compilations
     try:
         command = _command_of(argv)
         parser = build_parser(command)

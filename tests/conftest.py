@@ -1,7 +1,7 @@
 """Shared test setup, and the skip policy.
 
 Eight simulated CPU devices so the sharding tests can build meshes; it must be set before JAX is imported.
-JAX's persistent compilation cache (enabled by importing moelab) keeps repeated runs fast.
+JAX's persistent compilation cache (turned on below; importing moelab does not) keeps repeated runs fast.
 
 Skips are decisions, not accidents: every run ends with a ``moelab skips:`` line counting them, and under
 CI (``CI=true``) a skip whose test is not in :data:`ALLOWED_SKIPS` (a short list, each with its reason) fails
@@ -18,7 +18,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pytest  # noqa: E402
 
-import moelab  # noqa: E402,F401  (enables the compilation cache)
+import moelab  # noqa: E402
+
+moelab.enable_compilation_cache()  # importing moelab has no side effect: the suite turns the cache on
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -37,3 +37,17 @@ def test_a_cycle_breaks_the_contract(tmp_path):
     r = _lint(tmp_path)
     assert r.returncode != 0, r.stdout[-4000:]
     assert "BROKEN" in r.stdout and "analysis.fitting -> analysis.fit" in r.stdout, r.stdout[-4000:]
+
+
+def test_importing_moelab_changes_no_environment_variable():
+    """``import moelab`` (and its light packages, and analysis) has no side effect on the environment: the
+    compilation cache is turned on where a run starts (``moelab.enable_compilation_cache``)."""
+    code = (
+        "import os; before = dict(os.environ); "
+        "import moelab, moelab.config, moelab.train, moelab.sweep, analysis; "
+        "print(sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k)))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MOELAB_"))}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]

@@ -42,6 +42,7 @@ from flax import nnx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from moelab import enable_compilation_cache
 from moelab.accounting import param_counts
 from moelab.data import eval_batches, eval_windows, prepare, train_batch
 from moelab.errors import ConfigError, disk_full_message
@@ -185,6 +186,7 @@ def run_training(
     ``tracker``: ``tensorboard`` | ``wandb`` or a list (``moelab.train.trackers``); ``group``: the sweep.
     Raises ConfigError (nothing written) for bad input; re-raises any error of the loop after recording it.
     """
+    enable_compilation_cache()  # the run's steps reuse compilations of earlier runs of the same shapes
     out = Path(out_dir)
     check_policy(remat)
     tracker = tracker_names(tracker)
