@@ -17,6 +17,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import jax
+
 from moelab.errors import ConfigError
 
 _ENV = {
@@ -100,8 +102,6 @@ def initialize_distributed(
     With nothing given and nothing in the environment, JAX auto-detects the cluster (TPU pod metadata, SLURM,
     Open MPI). Calling it twice is an error in JAX; calling it with one process is allowed (a no-op cluster).
     """
-    import jax
-
     args = resolve_args(coordinator, num_processes, process_id)
     jax.distributed.initialize(initialization_timeout=initialization_timeout, **args.kwargs())
     return args

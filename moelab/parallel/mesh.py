@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
 
 from moelab.errors import ConfigError, is_int
-
-if TYPE_CHECKING:  # pragma: no cover
-    import jax
 
 AXES: tuple[str, ...] = ("data", "fsdp", "expert", "tensor")
 
@@ -94,10 +94,6 @@ def make_mesh(shape: MeshShape | str | dict[str, int], devices: list | None = No
     both numbers when there are too few). Multi-device topologies go through ``mesh_utils.create_device_mesh``
     (which knows TPU tori and GPU NVLink domains); if it cannot place the shape, devices are taken in order.
     """
-    import jax
-    import numpy as np
-    from jax.experimental import mesh_utils
-
     if isinstance(shape, str):
         shape = MeshShape.parse(shape)
     elif isinstance(shape, dict):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from moelab.accounting import kv_cache_bytes_per_token, param_counts, train_flops_per_token
 from moelab.config import ModelConfig
 from moelab.errors import ConfigError
 from moelab.parallel.chips import Chip
@@ -289,8 +290,6 @@ def plan(
 ) -> Plan:
     """The plan of ``cfg`` on ``chips`` chips; the mesh is chosen (``_mesh_preference``) unless given.
     ``train_tokens`` defaults to the published training tokens of a paper preset (``moelab.presets``)."""
-    from moelab.accounting import kv_cache_bytes_per_token, param_counts, train_flops_per_token
-
     if train_tokens is None:
         train_tokens = published_train_tokens(cfg)
         if train_tokens is None:

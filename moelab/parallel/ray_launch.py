@@ -15,6 +15,7 @@ an embedded local Ray is started (a test on one machine uses ``strategy="SPREAD"
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 
@@ -24,9 +25,7 @@ STRATEGIES = ("STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK")
 
 
 def _coordinator_address() -> tuple[str, int]:
-    import socket
-
-    import ray
+    import ray  # heavy (seconds to import): only a Ray launch needs it
 
     with socket.socket() as s:
         s.bind(("", 0))
@@ -52,7 +51,7 @@ def launch_on_ray(
     timeout_s: float = 600.0,
 ) -> list[int]:
     """Run ``argv`` once per host (see the module docstring); returns the exit codes in process order."""
-    import ray
+    import ray  # heavy (seconds to import): only a Ray launch needs it
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from moelab.errors import ConfigError
+from moelab.model import Transformer
 from moelab.model.layers import is_variable, logical_axes
 from moelab.parallel.rules import PARAM_RULES, Rules, spec_entries
 
@@ -51,8 +52,6 @@ def state_shardings(state, mesh, rules: Rules = PARAM_RULES):
 
 def abstract_state(cfg, seed: int = 0):
     """(graphdef, state) of ``Transformer(cfg)`` with ShapeDtypeStruct leaves: nothing is allocated."""
-    from moelab.model import Transformer
-
     model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed)))
     return nnx.split(model)
 
