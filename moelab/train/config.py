@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from moelab.accounting import train_flops_per_token
 from moelab.config import ModelConfig
 from moelab.config import dataclass_from_dict as _from_dict
+from moelab.data.corpus import FORMATS
+from moelab.data.tokenizer import TOKENIZERS
 from moelab.errors import ConfigError, check, is_int, is_number, shown
+from moelab.presets import get_preset
 from moelab.train.identity import NON_SEMANTIC, canonical, semantic, upgrade
 
 SCHEDULES = ("cosine", "wsd", "hunyuan", "constant")
@@ -49,9 +56,6 @@ class DataConfig:
     hf_config: str | None = None
 
     def __post_init__(self) -> None:
-        from moelab.data.corpus import FORMATS
-        from moelab.data.tokenizer import TOKENIZERS
-
         check(isinstance(self.corpus, str) and self.corpus != "", "data.corpus must be a non-empty string")
         check(self.format in FORMATS, f"data.format must be one of {'|'.join(FORMATS)}, got {self.format!r}")
         check(
@@ -230,8 +234,6 @@ class RunConfig:
 
     # ----------------------------------------------------------------- budget
     def flops_per_token(self) -> float:
-        from moelab.accounting import train_flops_per_token
-
         return train_flops_per_token(self.model, self.train.seq_len)
 
     def budget_tokens(self) -> int:
@@ -255,8 +257,6 @@ class RunConfig:
         check("model" in data, "run config needs a 'model' section (a mapping or a preset name)")
         model = data["model"]
         if isinstance(model, str):
-            from moelab.presets import get_preset
-
             model = get_preset(model)
         elif not isinstance(model, ModelConfig):
             model = ModelConfig.from_dict(model)
@@ -286,10 +286,6 @@ class RunConfig:
 
 def yaml_load(text: str):
     """``yaml.safe_load`` that reads ``1e-3`` as a float (PyYAML follows YAML 1.1: a string)."""
-    import re
-
-    import yaml
-
     class Loader(yaml.SafeLoader):
         pass
 

@@ -13,6 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from moelab import __version__
 from moelab.files import json_safe, name_file
 
 METRIC_KEYS = (
@@ -75,14 +81,8 @@ class MetricsWriter:
 
 @functools.cache
 def versions() -> dict:
-    import flax
-    import jax
-    import optax
-
-    import moelab
-
     return {
-        "moelab": moelab.__version__,
+        "moelab": __version__,
         "jax": jax.__version__,
         "flax": flax.__version__,
         "optax": optax.__version__,
@@ -113,9 +113,6 @@ def peak_flops() -> float:
     CPU: a 1024-square product (DESIGN.md: about 35 GFLOP/s on the 2-core machine); accelerators: 4096.
     Best of five timed calls after a warm-up.
     """
-    import jax
-    import jax.numpy as jnp
-
     n = 1024 if jax.default_backend() == "cpu" else 4096
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)

@@ -21,7 +21,9 @@ heavier dependency tree for what the two above already give.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,6 @@ def tracker_names(value: str | Iterable[str] | None, field: str = "--tracker") -
 
 def check_available(names: Iterable[str], field: str = "--tracker") -> None:
     """ConfigError (one line, before anything is written) when a tracker's package is not installed."""
-    import importlib.util
-
     for name in names:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
             raise ConfigError(
@@ -105,8 +105,6 @@ class TensorBoardTracker:
 
 class WandbTracker:
     def __init__(self, out: Path, config: dict, group: str | None, name: str, start_step: int):
-        import os
-
         import wandb  # optional dependency (moelab[trackers])
 
         self.start_step = start_step
