@@ -13,6 +13,7 @@ __all__ = ["DataConfig", "RunConfig", "TrainConfig", "load_run_config", "run_tra
 
 def __getattr__(name: str):
     if name == "run_training":
+        # lazy: the loop imports JAX; configs and the sweep planner need not
         from moelab.train.loop import run_training
 
         return run_training
