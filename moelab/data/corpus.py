@@ -24,6 +24,8 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from moelab.errors import ConfigError
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "hf")
@@ -127,8 +129,6 @@ def _jsonl_documents(path: Path, field_name: str) -> list[str]:
 
 
 def _parquet_documents(path: Path, field_name: str) -> list[str]:
-    import pyarrow.parquet as pq
-
     try:
         schema = pq.read_schema(path)
     except Exception as exc:  # noqa: BLE001  (pyarrow raises several types for a bad file)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moelab import cache_dir
 from moelab.errors import ConfigError
 
 SHARD_TOKENS = 1 << 26  # 64 Mi tokens per shard file
@@ -132,9 +133,7 @@ class _ShardWriter:
 
 
 def store_path(corpus, tokenizer, val_fraction: float) -> Path:
-    import moelab
-
-    return moelab.cache_dir() / "tokens" / f"{corpus.fingerprint[:16]}-{tokenizer.id}-val{val_fraction:g}"
+    return cache_dir() / "tokens" / f"{corpus.fingerprint[:16]}-{tokenizer.id}-val{val_fraction:g}"
 
 
 def _write_store(final: Path, corpus, tokenizer, val_fraction: float) -> None:

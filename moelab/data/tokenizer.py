@@ -19,7 +19,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from moelab import cache_dir
 from moelab.errors import ConfigError
 
 TOKENIZERS = ("byte", "bpe")
@@ -81,8 +83,6 @@ class BPETokenizer:
 
 
 def _train_bpe(documents, vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -102,9 +102,7 @@ def tokenizer_id(kind: str, vocab_size: int, corpus_fingerprint: str) -> str:
 
 
 def bpe_cache_path(vocab_size: int, corpus_fingerprint: str) -> Path:
-    import moelab
-
-    return moelab.cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{corpus_fingerprint[:16]}.json"
+    return cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{corpus_fingerprint[:16]}.json"
 
 
 def get_tokenizer(kind: str, corpus=None, vocab_size: int = 256):
@@ -124,8 +122,6 @@ def get_tokenizer(kind: str, corpus=None, vocab_size: int = 256):
             f"model.vocab_size={vocab_size} is too small for BPE (needs > 257: 256 bytes + end-of-document); "
             "use data.tokenizer=byte with vocab_size=256"
         )
-    from tokenizers import Tokenizer
-
     path = bpe_cache_path(vocab_size, corpus.fingerprint)
     if path.exists():
         tok = Tokenizer.from_file(str(path))
