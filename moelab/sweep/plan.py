@@ -22,6 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
+from moelab.accounting import param_counts
 from moelab.data.corpus import load_corpus
 from moelab.data.shards import store_path, val_documents
 from moelab.data.tokenizer import tokenizer_id
@@ -73,8 +77,6 @@ def calibrate(spec: SweepSpec, sweep_path: Path, trials: list[Trial]) -> tuple[f
 def make_plan(
     spec: SweepSpec, results: str | Path, rerun_failed: bool = False, trials: list[Trial] | None = None
 ) -> tuple[list[PlannedRun], float, str]:
-    from moelab.accounting import param_counts
-
     trials = spec.trials() if trials is None else trials
     root = sweep_dir(spec, results)
     if adopt(root / "runs", [t.run for t in trials]):
@@ -192,9 +194,6 @@ def render_plan(
     console=None,
     checks: tuple[list[RunCheck], list[str]] | None = None,
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"sweep {spec.name}: {len(planned)} runs ({spec.generator})", title_justify="left")
     routers = "router" in spec.axes  # a column only for sweeps over router recipes

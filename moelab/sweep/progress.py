@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
 from moelab.sweep.plan import PlannedRun, duration
 
 
@@ -56,8 +61,6 @@ class SweepProgress:
 
     def __enter__(self):
         if self.live_mode:
-            from rich.live import Live
-
             self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
             self._live.__enter__()
         return self
@@ -112,10 +115,6 @@ class SweepProgress:
             self._live.update(self._render())
 
     def _render(self):
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
-
         head = Text(
             f"sweep {self.name}: {self._counts()} | elapsed {duration(self.elapsed())} | "
             f"ETA {duration(self.eta())}",

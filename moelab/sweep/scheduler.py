@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import socket
 import sys
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from moelab.errors import MoelabError
 from moelab.files import write_json_atomic
 from moelab.sweep.plan import PlannedRun, duration, make_plan, sweep_dir
+from moelab.sweep.progress import SweepProgress
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import read_json, set_aside
 from moelab.sweep.store import AXES_FILE, write_table
@@ -42,7 +47,7 @@ class SweepInterrupted(MoelabError):
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None):
     """Connect to Ray: the running session if any, ``address``/RAY_ADDRESS, else a new embedded instance."""
-    import ray
+    import ray  # heavy (seconds to import): only a sweep that runs trials needs it
 
     if ray.is_initialized():
         yield ray
@@ -70,8 +75,6 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
 def _probe(address: str, timeout: float = 5.0) -> None:
     """Fail fast when nothing listens at a ``host:port`` (or ``ray://host:port``) address: ``ray.init``
     itself keeps retrying the cluster's GCS for minutes. Other forms (``auto``) are left to Ray."""
-    import socket
-
     target = address.removeprefix("ray://")
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -90,7 +93,7 @@ def _use_token_if_present() -> None:
 
     Ray 2.60 enables token mode itself only for the local instances it starts; a driver joining a cluster
     needs ``RAY_AUTH_MODE=token``. Left alone when RAY_AUTH_MODE is set (Ray's helper respects it)."""
-    with contextlib.suppress(ImportError, AttributeError):
+    with contextlib.suppress(ImportError, AttributeError):  # a private Ray helper: absent in other versions
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
@@ -128,8 +131,6 @@ def run_sweep(
     live: bool | None = None,
 ) -> dict[str, Any]:
     """Plan, then train every run that is not finished; returns counts and the runs.parquet path."""
-    from rich.console import Console
-
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 160)
     trials = spec.trials()  # validates every config before anything starts
     check_available(spec.tracker, "tracker")  # a tracker's package is missing: one line, nothing written
@@ -203,9 +204,6 @@ def _record_axes(planned) -> None:
 
 def _wait_previous_attempt(run_dir: Path, timeout_s: float = 20.0) -> None:
     """A killed driver's Ray workers die with it, within seconds; never let two trainers share a folder."""
-    import json
-    import socket
-
     try:
         last = json.loads((run_dir / "attempts.jsonl").read_text().strip().splitlines()[-1])
     except (OSError, ValueError, IndexError):
@@ -244,8 +242,6 @@ def _schedule(
     console,
     live: bool | None,
 ) -> None:
-    from moelab.sweep.progress import SweepProgress
-
     env = thread_env(spec.resources.cpus, spec.resources.gpus)
     if trainer:
         env[TRAINER_ENV] = trainer

@@ -55,7 +55,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from moelab.accounting import train_flops_per_token
+from moelab.config import ModelConfig
 from moelab.errors import ConfigError, is_int, shown
+from moelab.presets import FAMILY_ARGS, ROUTERS, get_preset, paper_facts, router_fields
+from moelab.sweep.runid import hash_of, run_id
+from moelab.train.config import RunConfig, TrainConfig
 from moelab.train.trackers import tracker_names
 
 GENERATORS = ("grid", "zip", "isoflop")
@@ -166,8 +173,6 @@ class SweepSpec:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_file(cls, path: str | Path) -> SweepSpec:
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"sweep file {path} does not exist")
@@ -309,8 +314,6 @@ class SweepSpec:
         """The activated size an isoflop grid is centred on at compute ``flops``: the ``center`` preset
         paper's N_opt(C), or the N that trains on ``tokens_per_param`` tokens per activated parameter by the
         lab's own FLOP count (a fixed point of N = sqrt(C / (cost per token per parameter * ratio)))."""
-        from moelab.presets import paper_facts
-
         iso = self.isoflop or {}
         if iso.get("center"):
             return float(paper_facts(iso["center"]).allocation(flops)[0])
@@ -328,8 +331,6 @@ class SweepSpec:
 
     def trials(self) -> list[Trial]:
         """Every distinct run of the sweep (duplicate configurations collapse into one, first wins)."""
-        from moelab.sweep.runid import hash_of, run_id
-
         trials: dict[str, Trial] = {}
         err = _Errors(self.source)
         for point in self.points():
@@ -342,23 +343,15 @@ class SweepSpec:
 # ---------------------------------------------------------------------- building one run
 def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None) -> Any:
     """The RunConfig of one point: base sections + axis values (model through from_budget when budgeted)."""
-    from moelab.accounting import train_flops_per_token
-    from moelab.config import ModelConfig
-    from moelab.train.config import RunConfig
-
     err = err or _Errors(spec.source)
     where = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
     user = dict(spec.model)
     preset = user.pop("preset", None)
     if "router" in point:  # a router recipe's fields (moelab.presets.ROUTERS)
-        from moelab.presets import router_fields
-
         user.update(router_fields(point["router"]))
     try:
         base: dict[str, Any] = {}
         if preset is not None:
-            from moelab.presets import FAMILY_ARGS, get_preset
-
             try:
                 preset_cfg = get_preset(str(preset))
             except ConfigError as exc:
@@ -416,8 +409,6 @@ def build_run(spec: SweepSpec, point: dict[str, Any], err: _Errors | None = None
 
 
 def _seq_len(train: dict) -> int:
-    from moelab.train.config import TrainConfig
-
     if "seq_len" in train:
         return int(train["seq_len"])
     return int({f.name: f.default for f in dataclasses.fields(TrainConfig)}["seq_len"])
@@ -471,8 +462,6 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
 
 
 def _parse_routers(values: list, err: _Errors) -> list[str]:
-    from moelab.presets import ROUTERS
-
     for v in values:
         if v not in ROUTERS:
             raise err("axes.router", f"unknown router {v!r}; allowed: {', '.join(ROUTERS)}")
@@ -565,8 +554,6 @@ def _parse_isoflop(raw: Any, generator: str, axes: dict, linked: tuple, err: _Er
     if "center" in raw:
         if "tokens_per_param" in raw:
             raise err("isoflop.center", "give either center (a preset's law) or tokens_per_param, not both")
-        from moelab.presets import paper_facts
-
         try:
             paper_facts(str(raw["center"]))
         except ConfigError as exc:
@@ -621,8 +608,6 @@ def _check_axes(
         if key in BUDGET_AXES and key in sections["model"]:
             raise err(f"model.{key}", f"is also an axis (axes.{key}); keep one")
     if "router" in axes:  # a recipe sets its fields; the base model may not set them too
-        from moelab.presets import ROUTERS
-
         for name in axes["router"]:
             clash = [k for k in ROUTERS[name] if k in sections["model"]]
             if clash:

@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from moelab.accounting import param_counts, train_flops_per_token
+from moelab.config import ModelConfig
 from moelab.errors import is_number
 from moelab.sweep.runid import is_run_id
 from moelab.sweep.state import read_json
@@ -79,9 +83,6 @@ def run_row(
     run_dir: Path, sweep: str | None = None, config: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """The runs.parquet row of one run folder, or None when the run has no config or no summary yet."""
-    from moelab.accounting import param_counts, train_flops_per_token
-    from moelab.config import ModelConfig
-
     run_dir = Path(run_dir)
     config = config or read_json(run_dir / "config.json")
     summary = read_json(run_dir / "summary.json")
@@ -166,8 +167,6 @@ def collect_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def to_frame(rows: list[dict[str, Any]]):
-    import pandas as pd
-
     extra = sorted({k for r in rows for k in r} - set(COLUMNS))
     frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS) + extra)
     for col in (

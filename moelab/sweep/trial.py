@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 from moelab.files import write_json_atomic
 from moelab.sweep.state import FINISHED, checkpoint_steps, read_summary
+from moelab.train.config import RunConfig
 
 DEFAULT_TRAINER = "moelab.train:run_training"
 #: Environment variable naming another trainer ``module:function`` (tests use a fast stand-in).
@@ -67,8 +69,6 @@ def execute_trial(
 ) -> dict[str, Any]:
     """Train one run into ``run_dir`` (resuming from its checkpoints) and return its summary; ``tracker``
     (names, ``moelab.train.trackers``) and ``group`` (the sweep name) reach the trainer only when set."""
-    from moelab.train.config import RunConfig
-
     run_dir_p = Path(run_dir)
     run_dir_p.mkdir(parents=True, exist_ok=True)
     steps = checkpoint_steps(run_dir_p)
@@ -150,8 +150,6 @@ def mark_interrupted(run_dir: Path) -> None:
 @contextlib.contextmanager
 def _log_to(path: Path):
     """Send this process's stdout/stderr (Python and native, e.g. XLA) to the run's trial.log meanwhile."""
-    import sys
-
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))
