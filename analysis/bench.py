@@ -9,11 +9,14 @@ every dataset, held-out errors) is :mod:`analysis.bench_laws`.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pandas as pd
 
 from analysis import datasets
+from analysis.bootstrap import bootstrap
+from analysis.fit import fit
 
 
 def bench_data() -> tuple[pd.DataFrame, str]:
@@ -23,11 +26,6 @@ def bench_data() -> tuple[pd.DataFrame, str]:
 
 def run_fit_bench(n_boot: int = 1000, repeats: int = 2) -> dict:
     """Time the 4,500-start grid fit and ``n_boot`` bootstrap refits; returns a JSON-ready dict."""
-    import os
-
-    from analysis.bootstrap import bootstrap
-    from analysis.fit import fit
-
     df, source = bench_data()
     grid_s, boot_s = [], []
     res = None

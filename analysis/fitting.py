@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cache
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -42,8 +43,6 @@ def huber(r, delta, xp=np):
 @cache
 def objective(law: Law, delta: float):
     """The JAX objective f(theta, X, logy, w) of ``law`` (cached so compiled loops are reused)."""
-    import jax.numpy as jnp
-
     def f(theta, X, logy, w):
         r = law.log_predict(theta, X, jnp) - logy
         return jnp.sum(w * huber(r, delta, jnp))

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 HISTORY = 10  # stored curvature pairs (SciPy's L-BFGS-B default)
@@ -61,7 +63,6 @@ def two_loop(g, S, Y, rho, count, xp):
             if valid[i]:
                 r = r + (alphas[i] - rho[i] * np.dot(Y[i], r)) * S[i]
         return r
-    import jax
 
     def first(i, c):
         q, al = c
@@ -81,9 +82,6 @@ def two_loop(g, S, Y, rho, count, xp):
 @lru_cache(maxsize=64)
 def _compiled(fun: Callable, in_axes: tuple, ftol: float, gtol: float):
     """Jitted, vmapped (init, run): ``run`` advances every lane by up to ``steps`` evaluations."""
-    import jax
-    import jax.numpy as jnp
-
     vg = jax.value_and_grad(fun)
 
     def direction(g, S, Y, rho, count, x, lo, hi):
@@ -207,9 +205,6 @@ def minimize_batch(
     float32 with ``x64=False`` (about 2.5x faster on CPU: a coarse pass whose best lanes are polished in
     float64).
     """
-    import jax
-    import jax.numpy as jnp
-
     batched = tuple(batched) + (False,) * (len(args) - len(batched))
     x0 = np.asarray(x0, dtype=np.float64)
     M, P = x0.shape

@@ -42,8 +42,11 @@ from analysis.fitting import DELTA, FitResult
 from analysis.frontier import optimal_allocation
 from analysis.laws import Law, get_law
 from analysis.validate import compute_of
+from moelab.accounting import param_counts, train_flops_per_token
 from moelab.errors import ConfigError, MoelabError
 from moelab.presets import paper_facts
+from moelab.sweep.spec import SweepSpec, build_run
+from moelab.train.config import TrainConfig
 
 #: Axes a candidate may vary (the budget axes of a sweep plus its length).
 AXES = ("active_params", "n_experts", "top_k", "shared_ratio", "granularity", "tokens")
@@ -152,9 +155,6 @@ def build_candidates(
     sections model/data/train) and keep those that are valid family shapes, within ``max_flops`` (training
     FLOPs of ``moelab.accounting``) and ``max_tokens`` (one epoch), and not already in ``existing`` (equal
     law ``columns``, 1e-6 relative). Token counts are rounded to whole steps of the base batch."""
-    from moelab.accounting import param_counts, train_flops_per_token
-    from moelab.sweep.spec import SweepSpec, build_run
-
     base = dict(base or {})
     spec = SweepSpec.from_dict(
         {"name": "suggest", **{k: base.get(k) or {} for k in ("model", "data", "train")}},
@@ -206,8 +206,6 @@ def build_candidates(
 
 
 def _step_tokens(train: dict) -> int:
-    from moelab.train.config import TrainConfig
-
     defaults = TrainConfig()
     return int(train.get("batch_size", defaults.batch_size)) * int(train.get("seq_len", defaults.seq_len))
 

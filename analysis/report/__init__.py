@@ -14,6 +14,7 @@ __all__ = ["build_report"]
 
 def build_report(results_dir, out=None, **kwargs):
     """See :func:`analysis.report.build.build_report`."""
+    # lazy: build imports every section; analysis.report.data (the notebooks' reader) need not
     from analysis.report.build import build_report as _build
 
     return _build(results_dir, out, **kwargs)

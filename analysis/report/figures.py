@@ -7,6 +7,7 @@ cannot support the figure (the section is then left out of the report).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,9 +36,7 @@ HOLDOUT = dict(marker="*", s=140, facecolor="none", edgecolor="crimson", linewid
 
 
 def _plt():
-    import sys
-
-    import matplotlib
+    import matplotlib  # heavy (about a second): only drawing needs it, so reading results stays quick
 
     if "ipykernel" not in sys.modules:  # in Jupyter keep the inline backend so figures show
         matplotlib.use("Agg", force=True)

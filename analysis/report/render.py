@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["Section", "write_report_folder"]
@@ -78,8 +79,6 @@ def _html_table(caption: str, df: pd.DataFrame) -> str:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -106,7 +105,7 @@ def write_report_folder(
     out: Path, title: str, subtitle: str, summary: list[str], sections: list[Section], fits: dict
 ) -> Path:
     """Write out/{index.html, report.md, figures/, fits.json} into a temporary sibling and swap it in."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: only writing a report with figures needs it
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 __all__ = ["TrueLaw", "synthetic_grid", "write_synthetic_results"]
 
@@ -160,8 +161,6 @@ def write_synthetic_results(
     """Write ``out/`` = one results folder (runs/RUN_ID/{config.json, metrics.jsonl, summary.json},
     runs.parquet, sweep.yaml) whose losses follow ``law``. Written into a temporary sibling folder and
     renamed into place. Returns the folder."""
-    import pandas as pd
-
     law = law or TrueLaw()
     rng = np.random.default_rng(seed)
     out = Path(out)
