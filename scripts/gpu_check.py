@@ -38,6 +38,12 @@ import sys
 import time
 from pathlib import Path
 
+from moelab.accounting import param_counts, train_flops_per_token
+from moelab.config import ModelConfig
+from moelab.files import write_text_atomic
+from moelab.parallel.chips import CHIPS
+from moelab.presets import get_preset
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,10 +66,9 @@ SMOKE_STRATEGY_SHAPES = ((4, 2, 32),)
 
 def strategy_timings(args) -> dict:
     """The dispatch table of issue 18 in bf16 on the default device (see the module docstring)."""
-    import jax
+    import jax  # JAX and what imports it: after main() sets XLA_PYTHON_CLIENT_MEM_FRACTION (read at start)
 
     from moelab.bench import _print_dispatch, bench_dispatch
-    from moelab.config import ModelConfig
     from moelab.model.dispatch import ragged_dot_is_grouped, resolve
 
     if args.smoke:
@@ -88,7 +93,7 @@ def strategy_timings(args) -> dict:
 
 def measured_matmul_flops(n: int, dtype, reps: int = 10) -> float:
     """bf16 FLOP/s of an n x n x n product on the default device (median of ``reps`` timed runs)."""
-    import jax
+    import jax  # after main() sets XLA_PYTHON_CLIENT_MEM_FRACTION (JAX reads it when it starts)
 
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), dtype)
@@ -109,12 +114,7 @@ def _rate(flops_per_s: float) -> str:
 
 
 def model_config(args, hbm_bytes: float | None):
-    from moelab.accounting import param_counts
-    from moelab.presets import get_preset
-
     if args.smoke:
-        from moelab.config import ModelConfig
-
         cfg = ModelConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
                           cla_share=2, qk_norm=True, max_seq_len=64, n_experts=4, top_k=1, n_shared_experts=1,
                           d_expert=128, d_shared=128, dispatch="dropless")
@@ -147,20 +147,16 @@ def main(argv=None) -> int:
         line = json.dumps(strategy_timings(args))
         print(line)
         if args.out:
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(line + "\n")
-            os.replace(tmp, args.out)
+            write_text_atomic(args.out, line + "\n")
         return 0
+    # JAX and what imports it come after the line above that sets XLA_PYTHON_CLIENT_MEM_FRACTION
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
     from flax import nnx
 
-    from moelab.accounting import param_counts, train_flops_per_token
-    from moelab.files import write_text_atomic
     from moelab.model import Transformer
-    from moelab.parallel.chips import CHIPS
     from moelab.train.step import make_train_step
 
     dev = jax.devices()[0]
