@@ -205,8 +205,9 @@ def run_training(
     if main:
         write_json_atomic(out / "summary.json", {**summary, "status": "running"})
     try:
-        session = Session(run, out, data, eval_starts, placement, summary, remat=remat,
-                          progress=progress if main else False, tracker=(tracker, group))  # fmt: skip
+        bar = progress if main else False
+        session = Session(run, out, placement, data=data, eval_starts=eval_starts, summary=summary,
+                          remat=remat, progress=bar, tracker=(tracker, group))  # fmt: skip
         session.train()
     except (KeyboardInterrupt, SystemExit):
         # An interruption is not a failure: the status stays ``running`` and the next start resumes from the
@@ -284,7 +285,7 @@ class Session:
     ``checkpoint`` and ``finish`` (the summary). ``train`` runs them in order. Where the arrays live (one
     device or a mesh) is the ``Placement``'s business; the session code is the same for both."""
 
-    def __init__(self, run: RunConfig, out: Path, data, eval_starts, placement: Placement, summary: dict, *,
+    def __init__(self, run: RunConfig, out: Path, placement: Placement, *, data, eval_starts, summary: dict,
                  remat: str, progress, tracker):  # fmt: skip
         self.t0 = time.perf_counter()
         self.run, self.out, self.data, self.eval_starts = run, out, data, eval_starts
