@@ -13,6 +13,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import psutil
 import pytest
 
 from moelab.sweep.spec import SweepSpec
@@ -61,8 +62,19 @@ def cluster(tmp_path):
     try:
         yield f"127.0.0.1:{port}", env
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: Path) -> None:
+    """Kill this test's Ray processes only (those started under its temp dir): ``ray stop --force`` kills
+    every Ray on the machine, and a sweep or demo running beside the test suite lost its raylet to it."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp) in arg for arg in proc.info["cmdline"] or ()):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 def sweep(spec: Path, results: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
