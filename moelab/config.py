@@ -35,6 +35,9 @@ from moelab.errors import is_number as _is_num
 #: Hunyuan-Large's full-width experts (18,304 at d_model 6,400) read G = 0.93.
 FFN_MULT = 8 / 3
 
+#: Largest size of any one dimension (an XLA array dimension is a 32-bit integer).
+MAX_DIM = 2**31 - 1
+
 #: Fewest layers of a family member (Kaplan et al. 2020, fig. 6: one-layer models fall off the trend).
 MIN_LAYERS = 2
 
@@ -140,7 +143,10 @@ class ModelConfig:
             "d_expert",
         ):
             value = getattr(self, name)
-            check(_is_int(value) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+            check(
+                _is_int(value) and 1 <= value <= MAX_DIM,
+                f"{name} must be an integer in [1, {MAX_DIM}], got {shown(value)}",
+            )
         for name in ("n_shared_experts", "d_shared"):
             value = getattr(self, name)
             check(_is_int(value) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")

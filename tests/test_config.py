@@ -37,6 +37,7 @@ def test_from_dict_rejects_unknown_field():
         (dict(top_k=3, n_experts=2), "top_k"),
         (dict(n_heads=6, n_kv_heads=4), "n_heads"),
         (dict(n_layers=3, cla_share=2), "n_layers"),
+        (dict(d_model=10**205), "d_model"),  # the fuzzer's: overflowed float() in the FLOP count
         (dict(d_model=0), "d_model"),
         (dict(vocab_size=-1), "vocab_size"),
         (dict(d_expert=0), "d_expert"),

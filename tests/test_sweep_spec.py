@@ -92,6 +92,7 @@ def test_isoflop_tokens_spend_the_budget():
 
 
 BAD = [
+    ({"axes": {"n_experts": None}}, "axes.n_experts", "null"),
     ({"nmae": "x"}, "nmae", "unknown key"),
     ({"name": "a b"}, "name", "folder-safe"),
     ({"generator": "random"}, "generator", "grid|zip|isoflop"),

@@ -449,6 +449,8 @@ def _parse_axes(raw: Any, err: _Errors) -> dict[str, list[Any]]:
             if key == "expert_lr_scale" and v == "auto":
                 parsed.append(v)
                 continue
+            if v is None:  # _number lets None through for optional settings; an axis value is never optional
+                raise err(f"axes.{key}", "must list numbers, got an empty value (null)")
             num = _number(v, f"axes.{key}", err, positive=key not in ("shared_ratio",))
             if key in _INT_AXES:
                 if num != int(num):
