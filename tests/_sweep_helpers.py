@@ -82,3 +82,16 @@ def fake_training(run, out_dir, *, progress=None) -> dict:
     }
     write_json_atomic(out / "summary.json", summary)
     return summary
+
+
+def paced_training(run, out_dir, *, progress=None, **kw) -> dict:
+    """The real trainer (``moelab.train.run_training``), sleeping ``MOELAB_PACE_S`` seconds at every log line.
+
+    The pause sits outside the jitted step (in the progress callback), so the run's losses and checkpoints are
+    those of ``run_training`` itself; it only widens the window in which a test's kill lands before the run
+    finishes (a warm compilation cache trains a tiny model's 150 steps in about a second).
+    """
+    from moelab.train import run_training
+
+    pace = float(os.environ.get("MOELAB_PACE_S", "0"))
+    return run_training(run, out_dir, progress=lambda step, total, text: time.sleep(pace), **kw)
