@@ -6,9 +6,9 @@ the same sweep started meanwhile (refused: it trains nothing), the driver SIGKIL
 group sent SIGINT as a terminal's Ctrl-C does, and a last driver that finishes. The run must end equal to the
 same config trained once without interruption (held-out loss and every logged loss within 1e-6), each step
 logged once. Each driver is a `python -m moelab sweep run` subprocess in its own session (its own group).
-The trials run ``tests._sweep_helpers:paced_training``: ``run_training`` itself, pausing ``PACE_S`` at each log
-line outside the jitted step, so that a kill lands before the run ends (with a warm compilation cache the
-150 steps take about a second, less than Ray needs to reap a dead driver's worker).
+The trials run ``tests._sweep_helpers:paced_training``: ``run_training`` itself, pausing ``PACE_S`` at each
+log line outside the jitted step, so that a kill lands before the run ends (with a warm compilation cache
+the 150 steps take about a second, less than Ray needs to reap a dead driver's worker).
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ SPEC = {
 def driver(spec: Path, results: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "moelab", "sweep", "run", str(spec), "--results", str(results), "--no-live",
            "--num-cpus", "1"]  # fmt: skip
+    trainer = "tests._sweep_helpers:paced_training"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
-           "MOELAB_SWEEP_TRAINER": "tests._sweep_helpers:paced_training", "MOELAB_PACE_S": str(PACE_S)}  # fmt: skip
+           "MOELAB_PACE_S": str(PACE_S), "MOELAB_SWEEP_TRAINER": trainer}  # fmt: skip
     out = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **out)
 
