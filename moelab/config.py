@@ -93,6 +93,9 @@ class ModelConfig:
     Router recipes (moelab/model/router.py): ``router_score`` softmax or sigmoid; ``router_bias_rate`` > 0
     turns on auxiliary-loss-free balancing (a per-expert selection bias moved by that much per step,
     DeepSeek-V3: 0.001); ``seq_aux_loss_coef`` weights DeepSeek-V3's sequence-wise balance loss (1e-4).
+    ``routed_scale`` multiplies the routed experts' output (DeepSeek-V2/V3's ``routed_scaling_factor``: 16 and
+    2.5): at top-1 of E softmax experts the raw gate is about 1/E at initialisation, ``routed_scale = E`` starts
+    the routed path at the scale of a dense FFN while the router still learns from the language-model loss.
     The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss + seq_aux_loss_coef *
     seq_aux_loss``.
     """
@@ -122,6 +125,7 @@ class ModelConfig:
     router_score: str = "softmax"
     router_bias_rate: float = 0.0
     seq_aux_loss_coef: float = 0.0
+    routed_scale: float = 1.0
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
@@ -155,7 +159,7 @@ class ModelConfig:
                 isinstance(getattr(self, name), bool),
                 f"{name} must be true or false, got {getattr(self, name)!r}",
             )
-        for name in ("rope_theta", "capacity_factor", "norm_eps", "init_std"):
+        for name in ("rope_theta", "capacity_factor", "norm_eps", "init_std", "routed_scale"):
             value = getattr(self, name)
             check(
                 _is_num(value) and value > 0 and math.isfinite(value),

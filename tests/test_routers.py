@@ -168,6 +168,9 @@ RECIPES = {  # name: ModelConfig fields (the router axis values of sweeps/router
     "sigmoid-bias-seq": dict(router_score="sigmoid", router_bias_rate=1e-3, seq_aux_loss_coef=1e-4,
                              aux_loss_coef=0.0, capacity_factor=1.0),  # fmt: skip
     "expert-choice": dict(dispatch="expert_choice", aux_loss_coef=0.0, capacity_factor=1.0),
+    "softmax-scaled-dropless": dict(dispatch="dropless", routed_scale=4.0),  # DeepSeek's routed scaling
+    "expert-choice-scaled": dict(dispatch="expert_choice", aux_loss_coef=0.0, capacity_factor=1.0,
+                                 routed_scale=2.5),  # fmt: skip
 }
 
 
@@ -215,7 +218,7 @@ def test_moe_layer_matches_reference_routing_and_dispatch(name):
                                     probs=probs)  # fmt: skip
             if not cfg.seq_aux_loss_coef:
                 seq = 0.0
-        y = y.reshape(T, B, D).transpose(1, 0, 2)
+        y = cfg.routed_scale * y.reshape(T, B, D).transpose(1, 0, 2)
         return jnp.sum(y * proj) + coef @ jnp.stack([jnp.asarray(aux), z, jnp.asarray(seq)]), y
 
     if cfg.dispatch == "expert_choice":

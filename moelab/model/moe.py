@@ -1,6 +1,6 @@
 """The mixture-of-experts feed-forward layer: fp32 router, routed SwiGLU experts, shared experts.
 
-``y = shared(x) + sum_j w_j · expert_{e_j}(x)`` (DeepSeekMoE / Hunyuan-Large: the shared experts see every
+``y = shared(x) + s · sum_j w_j · expert_{e_j}(x)`` (``s`` = ``routed_scale``, 1 unless set; DeepSeekMoE / Hunyuan-Large: the shared experts see every
 token and are added to the routed output). Parameters: ``router`` [embed, experts]; ``w_gate``, ``w_up``
 [experts, embed, mlp]; ``w_down`` [experts, mlp, embed]; ``shared`` (a SwiGLU of width
 n_shared_experts · d_shared, which equals the sum of n_shared_experts SwiGLUs of width d_shared).
@@ -67,6 +67,8 @@ class MoE(nnx.Module):
             )  # fmt: skip
             aux, z, seq, load = r.aux_loss, r.z_loss, r.seq_aux_loss, r.load
         y = y.reshape(t, b, d).transpose(1, 0, 2)
+        if cfg.routed_scale != 1.0:
+            y = y * jnp.asarray(cfg.routed_scale, dt)
         if cfg.n_shared_experts:
             y = y + self.shared(x)
         stats = RouterStats(aux_loss=aux, z_loss=z, load=load,

@@ -62,6 +62,7 @@ ADDED: dict[str, dict[str, Any]] = {
         "router_score": "softmax",  # routers were softmax top-k with the Switch aux loss (issue 16's fields)
         "router_bias_rate": 0.0,
         "seq_aux_loss_coef": 0.0,
+        "routed_scale": 1.0,  # the routed output was the gate-weighted sum of the experts, unscaled
     },
     "data": {},
     "train": {
@@ -93,7 +94,7 @@ def semantic(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 #: a sweep that sets them for its MoE arms (dispatch, capacity, router losses) shares its dense runs.
 MOE_ONLY = ("top_k", "n_shared_experts", "d_shared", "capacity_factor", "dispatch", "overflow",
             "recycle_gate", "renormalize", "aux_loss_coef", "z_loss_coef", "router_score", "router_bias_rate",
-            "seq_aux_loss_coef")  # fmt: skip
+            "seq_aux_loss_coef", "routed_scale")  # fmt: skip
 
 
 def canonical(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
