@@ -244,6 +244,7 @@ def test_run_folder_contract(finished):
     assert s["eval_loss"] < s["unigram_entropy"]  # it learned more than token frequencies
     assert np.asarray(s["expert_load"]).shape == (2, 4)
     assert s["dispatch"] == "capacity"  # the resolved strategy ("auto" is recorded as what it picked)
+    assert s["eval_dispatch"]["dispatch"] == "capacity" and s["eval_dispatch"]["dropless"]  # capacity E/k
     assert s["versions"]["python"] and s["corpus_fingerprint"] and 0 < s["mfu"] < 1
     assert s["first_step_s"] > 0 and s["tokens_per_s"] > 0 and s["wall_time_s"] > s["first_step_s"]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -273,7 +273,8 @@ def _base_summary(run: RunConfig, data, placement: Placement, remat: str) -> dic
         summary["mesh"] = str(mesh_shape_of(placement.mesh))
     summary["remat"] = remat
     ev = run.model.dropless() if run.train.eval_dropless else run.model
-    summary["eval_dispatch"] = {"dispatch": ev.dispatch, "capacity_factor": ev.capacity_factor,
+    summary["eval_dispatch"] = {"dispatch": resolve(ev.dispatch) if ev.is_moe else None,
+                                "capacity_factor": ev.capacity_factor,
                                 "overflow": ev.overflow, "dropless": ev == run.model.dropless()}  # fmt: skip
     return summary
 
