@@ -93,9 +93,9 @@ class ModelConfig:
     Router recipes (moelab/model/router.py): ``router_score`` softmax or sigmoid; ``router_bias_rate`` > 0
     turns on auxiliary-loss-free balancing (a per-expert selection bias moved by that much per step,
     DeepSeek-V3: 0.001); ``seq_aux_loss_coef`` weights DeepSeek-V3's sequence-wise balance loss (1e-4).
-    ``routed_scale`` multiplies the routed experts' output (DeepSeek-V2/V3's ``routed_scaling_factor``: 16 and
-    2.5): at top-1 of E softmax experts the raw gate is about 1/E at initialisation, ``routed_scale = E`` starts
-    the routed path at the scale of a dense FFN while the router still learns from the language-model loss.
+    ``routed_scale`` multiplies the routed experts' output (DeepSeek-V2/V3's ``routed_scaling_factor``: 16
+    and 2.5): at top-1 of E softmax experts the raw gate is about 1/E at initialisation; ``routed_scale = E``
+    starts the routed path at the scale of a dense FFN while the router still learns from the LM loss.
     The training loss is ``CE + aux_loss_coef * aux_loss + z_loss_coef * z_loss + seq_aux_loss_coef *
     seq_aux_loss``.
     """

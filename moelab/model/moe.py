@@ -1,9 +1,10 @@
 """The mixture-of-experts feed-forward layer: fp32 router, routed SwiGLU experts, shared experts.
 
-``y = shared(x) + s · sum_j w_j · expert_{e_j}(x)`` (``s`` = ``routed_scale``, 1 unless set; DeepSeekMoE / Hunyuan-Large: the shared experts see every
-token and are added to the routed output). Parameters: ``router`` [embed, experts]; ``w_gate``, ``w_up``
-[experts, embed, mlp]; ``w_down`` [experts, mlp, embed]; ``shared`` (a SwiGLU of width
-n_shared_experts · d_shared, which equals the sum of n_shared_experts SwiGLUs of width d_shared).
+``y = shared(x) + s · sum_j w_j · expert_{e_j}(x)`` (``s`` = ``routed_scale``, 1 unless set; DeepSeekMoE /
+Hunyuan-Large: the shared experts see every token and are added to the routed output). Parameters:
+``router`` [embed, experts]; ``w_gate``, ``w_up`` [experts, embed, mlp]; ``w_down`` [experts, mlp, embed];
+``shared`` (a SwiGLU of width n_shared_experts · d_shared, which equals the sum of n_shared_experts SwiGLUs
+of width d_shared).
 State that is not a parameter: ``router_bias`` [experts] (a ``RouterBias``, only with ``router_bias_rate``
 > 0), the selection bias of auxiliary-loss-free balancing, moved by the train step after each step.
 
