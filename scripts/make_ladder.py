@@ -6,8 +6,8 @@
 The learning rate of every run comes from the fitted law ``eta_opt(N, E) = a * N^bN * E^bE`` of the LR search
 (sweeps/ladder_lr.yaml -> scripts/ladder_lr_fit.py -> data/ladder/lr_law.json), so the YAML holds explicit
 numbers and the ladder is reproducible without rerunning the search. Order is priority: the sweep trains in
-this order, so the runs that the headline comparison needs (dense and E=8 at every size, middle tokens) come
-first, then the other token budgets, then the other arms.
+this order: dense and E=8 at every size, one token budget at a time from the cheapest (whose column holds the
+`make demo` slice), then the other arms.
 """
 
 from __future__ import annotations
@@ -28,25 +28,35 @@ SIZES = [4.0e4, 8.0e4, 1.6e5, 3.2e5, 8.0e5]
 #: (Chinchilla's optimum is about 20), all under one epoch of the 11.5 M training bytes of the corpus.
 TOKENS = [1.1e6, 2.8e6, 7.0e6]
 MIDDLE = TOKENS[1]
-#: name -> (n_experts, top_k, shared_ratio, granularity)
+#: name -> (n_experts, top_k, shared_ratio, granularity, expert_lr_scale)
 ARMS = {
-    "dense": (1, 1, 0.0, 1.0),
-    "e8": (8, 1, 0.0, 1.0),
-    "e4": (4, 1, 0.0, 1.0),
-    "e16": (16, 1, 0.0, 1.0),
-    "fine16k2": (16, 2, 0.0, 2.0),  # fine-grained: experts of half width, top-2
-    "hy16": (16, 1, 0.5, 0.5),  # Hunyuan-Large's shape: 1 shared + top-1 of 16 routed, equal widths
+    "dense": (1, 1, 0.0, 1.0, 1.0),
+    "e8": (8, 1, 0.0, 1.0, 1.0),
+    "e4": (4, 1, 0.0, 1.0, 1.0),
+    "e16": (16, 1, 0.0, 1.0, 1.0),
+    "fine16k2": (16, 2, 0.0, 2.0, 1.0),  # fine-grained: experts of half width, top-2
+    "hy16": (16, 1, 0.5, 0.5, 1.0),  # Hunyuan-Large's shape: 1 shared + top-1 of 16 routed, equal widths
+    # Hunyuan-Large's expert-specific learning rate (sec. 2.2.4): a routed expert sees 1/E of the batch, so
+    # its rate is scaled by sqrt(1/E) (here 1/sqrt(8)) while the rest of the model trains at the dense rate;
+    # a probe at 3.2e5 on 1.1e6 tokens found it 0.01-0.05 nats better than E=8 at rates 1.4e-3..5.7e-3
+    # (single seeds)
+    "e8elr": (8, 1, 0.0, 1.0, 0.353553),
 }
+#: Arms that train at the dense model's rate (Hunyuan's recipe: one rate for the model, the experts' scaled).
+LR_AS_DENSE = ("e8elr",)
 #: Arms with the whole N x D grid (the joint laws need D to vary for MoE too).
 FULL_GRID = ("dense", "e8")
 #: The slice `make demo` trains (same runs as the ladder's, so each has a committed twin).
 DEMO = [(arm, n, TOKENS[0]) for arm in ("dense", "e8") for n in SIZES[:2]]
 #: Second seeds: where the MoE-vs-dense gain and its monotonicity in E are measured, and the demo slice (its
 #: reproduction check needs the seed noise of exactly those runs).
-SEED1 = [(arm, SIZES[-1], MIDDLE) for arm in ("dense", "e4", "e8", "e16")] + DEMO
+SEED1 = DEMO + [(arm, SIZES[-1], MIDDLE) for arm in ("dense", "e4", "e8", "e16")]
 
 COMMON = {
-    "model": {"vocab_size": 256, "max_seq_len": 128, "dispatch": "auto"},
+    # aux_loss_coef 0.05 (an expert-only field: dense run ids do not see it): at the default 0.01 the LR
+    # search's E=8 runs left the idlest expert at 2.7-3.8% of the tokens; at 0.05 every expert of every layer
+    # had >= 8.1% (balanced: 12.5%). sweeps/ladder_lr.yaml searched the E=8 rates with it.
+    "model": {"vocab_size": 256, "max_seq_len": 128, "dispatch": "auto", "aux_loss_coef": 0.05},
     "data": {"corpus": "default", "tokenizer": "byte"},
     "train": {
         "seq_len": 128,
@@ -73,10 +83,9 @@ def lr_of(law: dict, n: float, e: int) -> float:
 
 def points(law: dict) -> list[tuple]:
     out = []
-    for arm in FULL_GRID:  # middle tokens first: the headline comparison
-        out += [(arm, n, MIDDLE) for n in SIZES]
-    for arm in FULL_GRID:
-        out += [(arm, n, d) for d in TOKENS if d != MIDDLE for n in SIZES]
+    for d in (TOKENS[0], MIDDLE, TOKENS[2]):  # cheapest column first (it holds the demo's slice), then middle
+        for arm in FULL_GRID:
+            out += [(arm, n, d) for n in SIZES]
     for arm in ARMS:
         if arm not in FULL_GRID:
             out += [(arm, n, MIDDLE) for n in SIZES]
@@ -84,11 +93,13 @@ def points(law: dict) -> list[tuple]:
 
 
 def spec(name_suffix: str, pts: list[tuple], law: dict, seed: int, header: str, name: str = "ladder") -> str:
-    names = ("n_experts", "top_k", "shared_ratio", "granularity", "active_params", "tokens", "lr")
+    names = ("n_experts", "top_k", "shared_ratio", "granularity", "expert_lr_scale", "active_params",
+             "tokens", "lr")  # fmt: skip
     axes: dict[str, list] = {k: [] for k in names}
     for arm, n, d in pts:
-        e, k, r, g = ARMS[arm]
-        for key, value in zip(axes, (e, k, r, g, n, d, lr_of(law, n, e)), strict=True):
+        e, k, r, g, s = ARMS[arm]
+        lr = lr_of(law, n, 1 if arm in LR_AS_DENSE else e)
+        for key, value in zip(axes, (e, k, r, g, s, n, d, lr), strict=True):
             axes[key].append(value)
     body = {"name": name, "description": f"the lab's reference ladder{name_suffix}", **COMMON, "axes": axes,
             "seeds": [seed]}  # fmt: skip
@@ -101,8 +112,9 @@ def main(law_path: str) -> None:
     header = (
         "# Generated by scripts/make_ladder.py from data/ladder/lr_law.json; edit the script.\n"
         "# The lab's reference ladder (issue 12; docs/ladder.md): dense and MoE (E = 4, 8, 16 top-1,\n"
-        "# a fine-grained E = 16 top-2, Hunyuan's 1 shared + 16 routed) at 5 activated sizes (4e4..8e5)\n"
-        "# and 3 token budgets (1.1e6..7e6), byte-level stdlib corpus, dropless training and evaluation.\n"
+        "# a fine-grained E = 16 top-2, Hunyuan's 1 shared + 16 routed, E = 8 at Hunyuan's expert LR) at 5\n"
+        "# activated sizes (4e4..8e5) and 3 token budgets (1.1e6..7e6), byte-level stdlib corpus, dropless\n"
+        "# training and evaluation, aux_loss_coef 0.05.\n"
         f"# Learning rates: {law_text} (the LR search's fit; {law.get('source', '')}).\n"
     )
     main_pts = points(law)
