@@ -73,6 +73,7 @@ COMMON = {
     "generator": "zip",
     "resources": {"cpus": 1},
     "max_concurrency": 2,
+    "order": "listed",  # the ladder grows over sittings: its priorities first, not the longest runs
     "retries": 1,
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,7 +206,8 @@ def test_cli_rejects_a_bad_file_before_anything_runs(tmp_path):
 def test_shipped_sweeps_are_valid(path):
     spec = SweepSpec.from_file(path)
     trials = spec.trials()
-    assert spec.name == path.stem
+    # a second-seed file trains into its sweep's folder (sweeps/ladder_seed1.yaml is sweep "ladder")
+    assert spec.name == re.sub(r"_seed\d+$", "", path.stem)
     assert len(trials) == len(spec.points()), "a shipped sweep must not repeat a configuration"
 
 
@@ -290,3 +292,26 @@ def test_presets_as_the_base_model():
     ).trials()
     assert budgeted[0].run.model == base  # the preset is the family member of its own budget
     assert budgeted[1].run.model.d_model > base.d_model and budgeted[1].run.model.overflow == base.overflow
+
+
+@pytest.mark.parametrize("order", ["longest", "listed"])
+def test_trial_order_is_longest_first_or_the_spec_order(tmp_path, order):
+    """``order: listed`` trains in the spec's order (a ladder grown over sittings: its priorities first); the
+    default trains the longest estimated run first."""
+    from moelab.sweep.plan import make_plan
+    from moelab.sweep.scheduler import trial_order
+
+    raw = {"name": "o", "model": {"vocab_size": 256, "max_seq_len": 64}, "train": {"seq_len": 32},
+           "generator": "zip", "axes": {"active_params": [1e4, 4e4, 2e4], "tokens": [1e5, 1e5, 1e5]},
+           "order": order}  # fmt: skip
+    spec = SweepSpec.from_dict(raw)
+    assert spec.order == order
+    planned, _, _ = make_plan(spec, tmp_path)
+    sizes = [p.trial.point["active_params"] for p in trial_order(spec, planned)]
+    assert sizes == ([1e4, 4e4, 2e4] if order == "listed" else [4e4, 2e4, 1e4])
+
+
+def test_unknown_order_is_one_line_naming_the_allowed_values():
+    raw = {"name": "o", "axes": {"active_params": [1e4], "tokens": [1e5]}, "order": "random"}
+    with pytest.raises(ConfigError, match=r"order.*longest, listed.*'random'"):
+        SweepSpec.from_dict(raw)

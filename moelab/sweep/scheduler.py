@@ -231,6 +231,13 @@ def _alive_ray_worker(pid: int) -> bool:
     return b"ray::" in cmd and not zombie
 
 
+def trial_order(spec: SweepSpec, todo: list[PlannedRun]) -> list[PlannedRun]:
+    """Longest first (LPT): the best makespan bound of greedy list scheduling (Graham 1969); or, with
+    ``order: listed``, the spec's own order, for a sweep that will not finish in one sitting and whose first
+    runs matter most."""
+    return list(todo) if spec.order == "listed" else sorted(todo, key=lambda p: -p.est_s)
+
+
 def _schedule(
     ray,
     spec: SweepSpec,
@@ -253,8 +260,7 @@ def _schedule(
         retry_exceptions=False,
         runtime_env={"env_vars": env},
     )
-    # Longest first (LPT): the best makespan bound of greedy list scheduling (Graham 1969).
-    pending = deque(sorted(todo, key=lambda p: -p.est_s))
+    pending = deque(trial_order(spec, todo))
     inflight: dict[Any, PlannedRun] = {}
     progress = SweepProgress(spec.name, todo, conc, outcome, console, live)
     try:

@@ -78,6 +78,9 @@ TRAIN_AXES = ("lr", "batch_size", "expert_lr_scale")
 #: Axes of named model recipes: ``router`` takes the names of ``moelab.presets.ROUTERS``.
 RECIPE_AXES = ("router",)
 AXES = BUDGET_AXES + LENGTH_AXES + TRAIN_AXES + RECIPE_AXES
+#: Trial order: ``longest`` estimated run first (Graham's LPT, the best makespan for the whole sweep) or
+#: ``listed``, the spec's own order (a sweep grown over several sittings trains its priorities first).
+ORDERS = ("longest", "listed")
 TOP_KEYS = (
     "name",
     "description",
@@ -90,6 +93,7 @@ TOP_KEYS = (
     "seeds",
     "resources",
     "max_concurrency",
+    "order",
     "retries",
     "estimate",
     "tracker",
@@ -161,6 +165,7 @@ class SweepSpec:
     seeds: tuple[int, ...] = ()
     resources: Resources = field(default_factory=Resources)
     max_concurrency: int | None = None
+    order: str = "longest"  # longest estimated run first (best makespan) or "listed" (the spec's own order)
     retries: int = 2
     flops_per_s: float | None = None
     overhead_s: float = DEFAULT_OVERHEAD_S
@@ -216,6 +221,9 @@ class SweepSpec:
         max_conc = raw.get("max_concurrency")
         if max_conc is not None and not (is_int(max_conc) and max_conc >= 1):
             raise err("max_concurrency", f"must be an integer >= 1, got {max_conc!r}")
+        order = raw.get("order", "longest")
+        if order not in ORDERS:
+            raise err("order", f"must be one of {', '.join(ORDERS)}, got {order!r}")
         retries = raw.get("retries", 2)
         if not (is_int(retries) and retries >= 0):
             raise err("retries", f"must be an integer >= 0, got {retries!r}")
@@ -243,6 +251,7 @@ class SweepSpec:
             seeds=seeds,
             resources=resources,
             max_concurrency=max_conc,
+            order=order,
             retries=retries,
             flops_per_s=flops_per_s,
             overhead_s=float(overhead),
