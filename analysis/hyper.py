@@ -699,9 +699,18 @@ def load_hyper(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def export_hyper(results_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     """Write the rows ``analyse_hyper`` needs (``runs.csv``, ``noise.csv``) from a results folder: small
-    enough to commit, so a fresh clone's ``moelab plan`` fits the same laws."""
+    enough to commit, so a fresh clone's ``moelab plan`` fits the same laws. Rows already exported to
+    ``out_dir`` whose runs are not in ``results_dir`` are kept (a sweep grown over several results folders
+    keeps every finished run); a run in both takes the results folder's row."""
     runs, points = load_hyper(results_dir)
     out = Path(out_dir)
+    if (out / RUNS_CSV).is_file():
+        old_runs, old_points = load_hyper(out)
+        keep = ~old_runs["run_id"].isin(runs["run_id"])
+        runs = pd.concat([old_runs[keep], runs], ignore_index=True)
+        if len(old_points):
+            old_points = old_points[old_points["run_id"].isin(old_runs.loc[keep, "run_id"])]
+            points = pd.concat([old_points, points], ignore_index=True)
     out.mkdir(parents=True, exist_ok=True)
     cols = [c for c in RUN_COLUMNS if c in runs.columns]
     runs[cols].sort_values("run_id").to_csv(out / RUNS_CSV, index=False, float_format="%.6g")

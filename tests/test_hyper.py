@@ -275,21 +275,32 @@ def test_export_of_a_results_folder_round_trips(tmp_path):
     from moelab.sweep.store import write_table
     from tests._train_helpers import tiny_run
 
-    for i, lr in enumerate((1e-3, 3e-3, 1e-2)):
-        run = tiny_run(tmp_path / "corpus.txt", lr=lr)
-        rd = tmp_path / "sweep" / "runs" / run_id(run)
-        rd.mkdir(parents=True)
-        (rd / "config.json").write_text(json.dumps(run.to_dict()))
-        summary = {"status": "succeeded", "eval_loss": 2.0 + i, "train_loss": 2.1 + i, "tokens": 5120,
-                   "b_simple": 100.0 * (i + 1), "b_simple_expert": 500.0}  # fmt: skip
-        (rd / "summary.json").write_text(json.dumps(summary))
-        rows = [{"step": s, "loss": 3.0 - 0.01 * s, "b_simple": 10.0 * s} for s in (2, 20, 30)]
-        (rd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_table(tmp_path / "sweep")
+    def results(folder, lrs, loss0):
+        for i, lr in enumerate(lrs):
+            run = tiny_run(tmp_path / "corpus.txt", lr=lr)
+            rd = tmp_path / folder / "runs" / run_id(run)
+            rd.mkdir(parents=True)
+            (rd / "config.json").write_text(json.dumps(run.to_dict()))
+            summary = {"status": "succeeded", "eval_loss": loss0 + i, "train_loss": 2.1 + i, "tokens": 5120,
+                       "b_simple": 100.0 * (i + 1), "b_simple_expert": 500.0}  # fmt: skip
+            (rd / "summary.json").write_text(json.dumps(summary))
+            rows = [{"step": s, "loss": 3.0 - 0.01 * s, "b_simple": 10.0 * s} for s in (2, 20, 30)]
+            (rd / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_table(tmp_path / folder)
+
+    results("sweep", (1e-3, 3e-3, 1e-2), 2.0)
     assert hyper.main(["export", str(tmp_path / "sweep"), str(tmp_path / "out")]) == 0
     runs, points = hyper.load_hyper(tmp_path / "out")
     assert sorted(runs["lr"]) == [1e-3, 3e-3, 1e-2] and sorted(runs["b_simple"]) == [100.0, 200.0, 300.0]
     assert len(points) == 6 and set(points["step"]) == {20, 30}  # the first 20% of each run left out
+    # a second results folder (the sweep grown elsewhere) adds its runs; the exported ones are kept, and a
+    # run in both takes the new folder's row
+    results("more", (1e-2, 3e-2), 5.0)
+    assert hyper.main(["export", str(tmp_path / "more"), str(tmp_path / "out")]) == 0
+    runs, points = hyper.load_hyper(tmp_path / "out")
+    assert sorted(runs["lr"]) == [1e-3, 3e-3, 1e-2, 3e-2] and runs["run_id"].is_unique
+    assert dict(zip(runs["lr"], runs["loss"], strict=True)) == {1e-3: 2.0, 3e-3: 3.0, 1e-2: 5.0, 3e-2: 6.0}
+    assert len(points) == 8 and points.groupby("run_id").size().eq(2).all()
     assert hyper.main(["export", str(tmp_path / "nope"), str(tmp_path / "out2")]) == 2
 
 
