@@ -1,5 +1,5 @@
-"""Write sweeps/ladder.yaml, sweeps/ladder_seed1.yaml and sweeps/demo.yaml: the lab's reference ladder (issue
-12) and the slice of it that `make demo` trains.
+"""Write sweeps/ladder.yaml, sweeps/ladder_seed1.yaml, sweeps/ladder_isoflop.yaml and sweeps/demo.yaml: the
+lab's reference ladder (issue 12), its IsoFLOP profiles and the slice of it that `make demo` trains.
 
     python scripts/make_ladder.py data/ladder/lr_law.json
 
@@ -13,10 +13,14 @@ this order: dense and E=8 at every size, one token budget at a time from the che
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import yaml
+
+from moelab.accounting import train_flops_per_token
+from moelab.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +55,16 @@ DEMO = [(arm, n, TOKENS[0]) for arm in ("dense", "e8") for n in SIZES[:2]]
 #: Second seeds: where the MoE-vs-dense gain and its monotonicity in E are measured, and the demo slice (its
 #: reproduction check needs the seed noise of exactly those runs).
 SEED1 = DEMO + [(arm, SIZES[-1], MIDDLE) for arm in ("dense", "e4", "e8", "e16")]
+
+#: IsoFLOP profiles (Chinchilla's Approach 2) of dense and E = 8: the N x D grid above has no two runs at
+#: one compute, so the budgets below get their own sizes. Each budget's sizes are a factor ISO_FACTOR apart,
+#: centred on the size that trains on 20 tokens per parameter (Hoffmann et al.'s ratio), moved as little as
+#: needed to keep every run within the ladder's rules: >= ISO_MIN_TOKENS (1,000 steps of 1,024 tokens, with a
+#: margin) and <= ISO_MAX_TOKENS (under one epoch of the corpus's 11.6 M training tokens).
+ISO_BUDGETS = [2.0e12, 4.0e12, 8.0e12]
+ISO_SIZES, ISO_FACTOR = 5, 1.8
+ISO_MIN_TOKENS, ISO_MAX_TOKENS = 1.04e6, 1.05e7
+ISO_ARMS = ("dense", "e8")
 
 COMMON = {
     # aux_loss_coef 0.05 (an expert-only field: dense run ids do not see it): at the default 0.01 the LR
@@ -93,9 +107,45 @@ def points(law: dict) -> list[tuple]:
     return out
 
 
-def spec(name_suffix: str, pts: list[tuple], law: dict, seed: int, header: str, name: str = "ladder") -> str:
+def tokens_at(arm: str, n: float, flops: float) -> float:
+    """Tokens a run of ``arm`` at activated size ``n`` trains on to spend ``flops`` (the lab's FLOP count, as
+    the sweep's ``flops`` axis derives them)."""
+    e, k, r, g, _ = ARMS[arm]
+    model = ModelConfig.from_budget(n, n_experts=e, top_k=k, shared_ratio=r, granularity=g,
+                                    **COMMON["model"])  # fmt: skip
+    return flops / train_flops_per_token(model, COMMON["train"]["seq_len"])
+
+
+def iso_sizes(arm: str, flops: float) -> list[float]:
+    """ISO_SIZES sizes a factor ISO_FACTOR apart around the 20-tokens-per-parameter size at ``flops``, shifted
+    into the sizes whose tokens stay within [ISO_MIN_TOKENS, ISO_MAX_TOKENS]; raises if those are too few."""
+
+    def size_where(tokens) -> float:  # tokens(n) - tokens_target(n) falls with n: bisect log n
+        lo, hi = math.log(1e3), math.log(1e8)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            n = math.exp(mid)
+            lo, hi = (mid, hi) if tokens_at(arm, n, flops) > tokens(n) else (lo, mid)
+        return math.exp(lo)
+
+    n_small, n_big = size_where(lambda n: ISO_MAX_TOKENS), size_where(lambda n: ISO_MIN_TOKENS)
+    half = ISO_FACTOR ** ((ISO_SIZES - 1) / 2)
+    if n_big / n_small < half**2:
+        allowed, need = n_big / n_small, half**2
+        raise SystemExit(f"{arm} at {flops:.3g} FLOPs: the sizes allowed span {allowed:.3g}x < {need:.3g}x")
+    centre = min(max(size_where(lambda n: 20 * n), n_small * half), n_big / half)
+    return [float(f"{centre * ISO_FACTOR ** (i - (ISO_SIZES - 1) / 2):.3g}") for i in range(ISO_SIZES)]
+
+
+def iso_points() -> list[tuple]:
+    return [(arm, n, flops) for flops in ISO_BUDGETS for arm in ISO_ARMS for n in iso_sizes(arm, flops)]
+
+
+def spec(name_suffix: str, pts: list[tuple], law: dict, seed: int, header: str, name: str = "ladder",
+         length: str = "tokens") -> str:  # fmt: skip
+    """The sweep YAML of ``pts`` ((arm, N, tokens or FLOPs) each, ``length`` says which) in listed order."""
     names = ("n_experts", "top_k", "shared_ratio", "granularity", "expert_lr_scale", "active_params",
-             "tokens", "lr")  # fmt: skip
+             length, "lr")  # fmt: skip
     axes: dict[str, list] = {k: [] for k in names}
     for arm, n, d in pts:
         e, k, r, g, s = ARMS[arm]
@@ -121,10 +171,19 @@ def main(law_path: str) -> None:
     main_pts = points(law)
     (REPO / "sweeps" / "ladder.yaml").write_text(spec("", main_pts, law, 0, header))
     (REPO / "sweeps" / "ladder_seed1.yaml").write_text(spec(" (second seeds)", SEED1, law, 1, header))
+    iso = iso_points()
+    iso_header = header + (
+        f"# IsoFLOP profiles (Approach 2) of dense and E = 8: {ISO_SIZES} sizes a factor {ISO_FACTOR}\n"
+        f"# apart at each of {', '.join(f'{c:.0e}' for c in ISO_BUDGETS)} FLOPs (the lab's count; tokens\n"
+        "# derived per run), every run >= 1,000 steps and under one epoch; trains into the ladder's\n"
+        "# folder, beside its grid.\n"
+    )
+    iso_spec = spec(" (IsoFLOP profiles)", iso, law, 0, iso_header, length="flops")
+    (REPO / "sweeps" / "ladder_isoflop.yaml").write_text(iso_spec)
     demo_header = header + "# `make demo`: a slice of the ladder (each run has a twin in data/ladder).\n"
     demo = spec(" (the make-demo slice)", DEMO, law, 0, demo_header, "demo")
     (REPO / "sweeps" / "demo.yaml").write_text(demo)
-    print(f"{len(main_pts)} + {len(SEED1)} runs; {law_text}")
+    print(f"{len(main_pts)} + {len(SEED1)} + {len(iso)} runs; {law_text}")
 
 
 if __name__ == "__main__":

@@ -206,9 +206,31 @@ def test_cli_rejects_a_bad_file_before_anything_runs(tmp_path):
 def test_shipped_sweeps_are_valid(path):
     spec = SweepSpec.from_file(path)
     trials = spec.trials()
-    # a second-seed file trains into its sweep's folder (sweeps/ladder_seed1.yaml is sweep "ladder")
-    assert spec.name == re.sub(r"_seed\d+$", "", path.stem)
+    # a second-seed or IsoFLOP file trains into its sweep's folder (sweeps/ladder_seed1.yaml and
+    # sweeps/ladder_isoflop.yaml are sweep "ladder")
+    assert spec.name == re.sub(r"_(seed\d+|isoflop)$", "", path.stem)
     assert len(trials) == len(spec.points()), "a shipped sweep must not repeat a configuration"
+
+
+def test_the_ladder_keeps_its_rules():
+    """Every run the ladder's files ask for (grid, second seeds, IsoFLOP profiles) has >= 1,000 steps and
+    stays under one epoch of the corpus's training split (11.6 M byte tokens); each IsoFLOP budget has 5 sizes
+    per architecture at one compute; no two files ask for the same run."""
+    corpus_tokens = 11.0e6  # the default corpus's training split is 11.6 M byte tokens
+    ids = []
+    for name in ("ladder.yaml", "ladder_seed1.yaml", "ladder_isoflop.yaml"):
+        spec = SweepSpec.from_file(REPO / "sweeps" / name)
+        assert spec.name == "ladder"
+        for t in spec.trials():
+            steps = t.run.total_steps()
+            assert steps >= 1000 and steps * t.run.train.tokens_per_step < corpus_tokens, t.run_id
+            ids.append(t.run_id)
+    assert len(ids) == len(set(ids))
+    iso = SweepSpec.from_file(REPO / "sweeps" / "ladder_isoflop.yaml")
+    budgets: dict = {}
+    for t in iso.trials():
+        budgets.setdefault((t.run.model.n_experts, t.point["flops"]), []).append(t.point["active_params"])
+    assert len(budgets) == 6 and all(len(set(v)) == 5 for v in budgets.values())
 
 
 def test_states_and_actions(tmp_path):
