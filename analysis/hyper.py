@@ -135,7 +135,8 @@ class PowerLaw:
         ok = self.samples[np.all(np.isfinite(self.samples), axis=1)]
         if len(ok) < 2:
             return point, None, None
-        reps = np.exp(ok[:, :1] + np.tensordot(ok[:, 1:], logx, axes=([1], [-1])).reshape(len(ok), -1))
+        with np.errstate(over="ignore"):  # a replicate far off at a far target is inf, a valid percentile end
+            reps = np.exp(ok[:, :1] + np.tensordot(ok[:, 1:], logx, axes=([1], [-1])).reshape(len(ok), -1))
         q = 100 * (1 - self.confidence) / 2
         lo, hi = np.percentile(reps, [q, 100 - q], axis=0)
         return point, lo.reshape(point.shape), hi.reshape(point.shape)
@@ -710,7 +711,7 @@ def export_hyper(results_dir: str | Path, out_dir: str | Path) -> tuple[Path, Pa
         runs = pd.concat([old_runs[keep], runs], ignore_index=True)
         if len(old_points):
             old_points = old_points[old_points["run_id"].isin(old_runs.loc[keep, "run_id"])]
-            points = pd.concat([old_points, points], ignore_index=True)
+            points = pd.concat([old_points, points], ignore_index=True) if len(points) else old_points
     out.mkdir(parents=True, exist_ok=True)
     cols = [c for c in RUN_COLUMNS if c in runs.columns]
     runs[cols].sort_values("run_id").to_csv(out / RUNS_CSV, index=False, float_format="%.6g")
