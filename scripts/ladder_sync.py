@@ -4,8 +4,9 @@ its runs table: ``python scripts/ladder_sync.py WORK_RESULTS/ladder data/ladder/
 The committed folder has the layout of a results folder (``runs/RUN_ID/{config.json, summary.json,
 metrics.jsonl, attempts.jsonl}`` and ``runs.parquet``), so ``moelab sweep run sweeps/ladder.yaml --results
 data/ladder`` counts every committed run as finished and trains only what is missing: the ladder grows over
-several sittings and survives a replaced machine. Only succeeded runs are copied; a run already there is left
-alone (never overwritten).
+several sittings and survives a replaced machine. Only succeeded runs are copied; a run already there is never
+overwritten (a file it lacks, e.g. the ``axes.json`` of the sweep's nominal axis values that the first syncs
+left out, is added).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from moelab.sweep.runid import is_run_id
 from moelab.sweep.state import read_summary
-from moelab.sweep.store import write_table
+from moelab.sweep.store import AXES_FILE, write_table
 
-KEEP = ("config.json", "summary.json", "metrics.jsonl", "attempts.jsonl")
+KEEP = ("config.json", "summary.json", "metrics.jsonl", "attempts.jsonl", AXES_FILE)
 
 
 def sync(src: Path, dst: Path) -> list[str]:
@@ -29,6 +30,9 @@ def sync(src: Path, dst: Path) -> list[str]:
             continue
         target = dst / "runs" / run.name
         if target.exists():
+            for name in KEEP:
+                if (run / name).is_file() and not (target / name).exists():
+                    shutil.copy2(run / name, target / name)
             continue
         tmp = target.with_name(f".{run.name}.tmp")
         tmp.mkdir(parents=True, exist_ok=True)
