@@ -1,0 +1,55 @@
+"""scripts/ladder_check.py: issue 12's MoE-vs-dense criterion on hand-made ladder rows (PASS, FAIL, WAIT)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("ladder_check", REPO / "scripts" / "ladder_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(losses: dict) -> pd.DataFrame:
+    """(E, seed) -> loss at the ladder's top cell; realised N and G off their nominal values, as the family
+    rule leaves them, plus an E = 8 run at the other expert LR that must not count."""
+    rows = []
+    for (e, seed), loss in losses.items():
+        rows.append({"n_experts": e, "top_k": 1, "n_shared_experts": 0, "granularity": 1.1 if e > 1 else 1.0,
+                     "expert_lr_scale": 1.0, "active_params": 8.0e5 * (1.004 if e > 1 else 0.998),
+                     "tokens": 2.8e6, "seed": seed, "loss": loss, "nominal_granularity": 1.0,
+                     "nominal_expert_lr_scale": 1.0, "nominal_active_params": 8.0e5,
+                     "nominal_tokens": 2.8e6})  # fmt: skip
+    rows.append(
+        {**rows[-1], "n_experts": 8, "expert_lr_scale": 0.35, "nominal_expert_lr_scale": 0.35, "loss": 9.0}
+    )
+    return pd.DataFrame(rows)
+
+
+def test_gain_criterion_passes_fails_and_waits():
+    m = _module()
+    good = {(1, 0): 2.000, (1, 1): 2.010, (8, 0): 1.900, (8, 1): 1.912, (4, 0): 1.950, (16, 0): 1.870}
+    out = m.check_gain(_rows(good))
+    assert out["status"] == "PASS" and out["monotone"]
+    assert abs(out["gain_over_dense"][8] - 0.099) < 1e-9 and out["gain8_in_sd"] > 5
+    # E = 16 no better than E = 8: not monotone
+    assert m.check_gain(_rows({**good, (16, 0): 1.95}))["status"] == "FAIL"
+    # a gain inside 5 seed sds: the seeds disagree by 0.05
+    noisy = {**good, (1, 1): 1.95, (8, 1): 1.95}
+    assert m.check_gain(_rows(noisy))["status"] == "FAIL"
+    # one seed of E = 8: nothing to measure the noise with
+    one = {k: v for k, v in good.items() if k != (8, 1)}
+    assert m.check_gain(_rows(one))["status"] == "WAIT"
+    # the twin table pairs each MoE run with the dense run of its nominal N, D and seed
+    g = m.gaps(_rows(good))
+    assert (
+        sorted(g["E"]) == [4, 8, 8, 16]
+        and abs(g[(g["E"] == 8) & (g["seed"] == 1)]["moe_minus_dense"].iloc[0] + 0.098) < 1e-9
+    )
