@@ -120,7 +120,10 @@ def _top_idx(kind, k):
         (2, 64, "random"),  # one block larger than all rows
     ],
 )
-def test_blocksparse_matches_reference(k, block, routing):
+@pytest.mark.parametrize("unrolled", [True, False], ids=["unrolled", "expert-loop"])
+def test_blocksparse_matches_reference(k, block, routing, unrolled, monkeypatch):
+    # the experts unrolled at trace time (E <= UNROLL_MAX_EXPERTS) or a loop over them (larger E)
+    monkeypatch.setattr(blocksparse, "UNROLL_MAX_EXPERTS", E if unrolled else E - 1)
     x, top_idx, top_w, wg, wu, wd, proj = _inputs(10 + k, k)
     if routing != "random":
         top_idx = _top_idx(routing, k)
