@@ -41,6 +41,11 @@ def layer_checkpoint(body: Callable) -> Callable:
     return body if wrap is None else wrap(body)
 
 
+def remat_installed() -> bool:
+    """Whether ``layer_checkpoint`` wraps the layers in a rematerialisation policy here."""
+    return _REMAT.get() is not None
+
+
 @contextlib.contextmanager
 def activation_constraint(fn: Constraint | None) -> Iterator[None]:
     """Within this context ``constrain(x, names)`` returns ``fn(x, names)``."""
