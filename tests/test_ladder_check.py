@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
+from tests._scripts import script_module
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("ladder_check", REPO / "scripts" / "ladder_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("ladder_check")
 
 
 def _rows(losses: dict) -> pd.DataFrame:

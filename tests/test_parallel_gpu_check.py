@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 from moelab.accounting import param_counts, train_flops_per_token
-
-REPO = Path(__file__).resolve().parents[1]
+from tests._scripts import script_module
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("gpu_check")
 
 
 def test_gpu_check_smoke(tmp_path, capsys):
