@@ -70,7 +70,8 @@ def _close(a, b) -> np.ndarray:
 
 
 def gaps(df: pd.DataFrame) -> pd.DataFrame:
-    """E = 4, 8, 16 runs against their dense twin (same nominal N, D and seed): loss difference."""
+    """E = 4, 8, 16 runs against their dense twin (same nominal N, D and seed): loss difference, beside the
+    MoE run's tokens per total (not activated) non-embedding parameter."""
     plain = _plain(df)
     dense = plain[plain["n_experts"] == 1]
     rows = []
@@ -78,9 +79,11 @@ def gaps(df: pd.DataFrame) -> pd.DataFrame:
         twin = dense[_close(dense["N"], r["N"]) & _close(dense["D"], r["D"]) & (dense["seed"] == r["seed"])]
         if len(twin):
             rows.append({"E": int(r["n_experts"]), "N": r["N"], "D": r["D"], "seed": int(r["seed"]),
+                         "D_per_total_N": float(r["tokens"] / r["total_params"]),
                          "dense": float(twin["loss"].iloc[0]), "moe": float(r["loss"]),
                          "moe_minus_dense": float(r["loss"] - twin["loss"].iloc[0])})  # fmt: skip
-    return pd.DataFrame(rows, columns=["E", "N", "D", "seed", "dense", "moe", "moe_minus_dense"])
+    cols = ["E", "N", "D", "seed", "D_per_total_N", "dense", "moe", "moe_minus_dense"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["E", "D_per_total_N"], ignore_index=True)
 
 
 def check_gain(df: pd.DataFrame) -> dict:
@@ -202,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.ladder}: {len(df)} finished runs")
     g = gaps(df)
     if len(g):
-        print("\nMoE minus dense, same N, D and seed (nats/token; negative: MoE ahead)")
+        print("\nMoE minus dense, same N, D and seed (nats/token; negative: MoE ahead), by the MoE run's")
+        print("tokens per total non-embedding parameter")
         print(g.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for key in ("1_moe_beats_dense", "2_extrapolation", "3_loss_falls_with_E", "4_isoflop"):
         item = report[key]
