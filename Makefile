@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench clean install ladder
 
 install: $(STAMP)
 
@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/moelab demo
+
+# The lab's reference ladder (docs/ladder.md): trains what data/ladder lacks (committed runs count as finished;
+# resumable, at low priority), then writes its report. Hours on two cores: run it over several sittings.
+ladder: $(STAMP)
+	nice $(BIN)/moelab sweep run sweeps/ladder.yaml --results data/ladder --no-live
+	nice $(BIN)/moelab sweep run sweeps/ladder_seed1.yaml --results data/ladder --no-live
+	nice $(BIN)/moelab sweep run sweeps/ladder_isoflop.yaml --results data/ladder --no-live
+	$(BIN)/moelab report data/ladder/ladder
 
 # pytest's last lines include `moelab skips: N (M allowed)` (tests/conftest.py); with CI=true an unallowed skip fails.
 test: $(STAMP)
