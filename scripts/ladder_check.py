@@ -13,7 +13,7 @@ Each criterion prints PASS, FAIL or WAIT (the rows it needs are not committed ye
 3. The fitted MoE laws give a loss that falls with E: L(E = 16) - L(E = 1) at the largest N and middle D,
    over the bootstrap ensemble, with a 95% interval below zero.
 4. IsoFLOP (Approach 2): N_opt ~ C^a and D_opt ~ C^b of dense and E = 8 with 95% intervals, at the lab's
-   FLOP count and at Hunyuan-Large's compute model, beside the paper's 0.5305 / 0.50.
+   FLOP count and at Hunyuan-Large's compute model, beside the paper's exponents (``moelab.presets``).
 
 It reads only the committed rows, so it is the same on any machine; ``--json`` prints one object.
 """
@@ -37,10 +37,11 @@ from analysis.isoflop import fit_isoflop  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
 from analysis.validate import rank_laws  # noqa: E402
 from moelab.errors import MoelabError  # noqa: E402
+from moelab.presets import paper_facts  # noqa: E402
 
 TOP_N, MIDDLE_D = 8.0e5, 2.8e6
 SIGMAS, MEDIAN_MAX, MAX_MAX = 5.0, 0.010, 0.025
-HUNYUAN = {"a": 0.5305, "b": 0.50}
+HUNYUAN = {"a": paper_facts("hunyuan-large").n_opt[1], "b": paper_facts("hunyuan-large").d_opt[1]}
 MOE_LAWS = ("joint_moe", "clark", "granularity")
 
 
@@ -79,7 +80,7 @@ def gaps(df: pd.DataFrame) -> pd.DataFrame:
         twin = dense[_close(dense["N"], r["N"]) & _close(dense["D"], r["D"]) & (dense["seed"] == r["seed"])]
         if len(twin):
             rows.append({"E": int(r["n_experts"]), "N": r["N"], "D": r["D"], "seed": int(r["seed"]),
-                         "D_per_total_N": float(r["tokens"] / r["total_params"]),
+                         "D_per_total_N": float(r["tokens"] / r.get("total_params", np.nan)),
                          "dense": float(twin["loss"].iloc[0]), "moe": float(r["loss"]),
                          "moe_minus_dense": float(r["loss"] - twin["loss"].iloc[0])})  # fmt: skip
     cols = ["E", "N", "D", "seed", "D_per_total_N", "dense", "moe", "moe_minus_dense"]

@@ -18,6 +18,7 @@ def _rows(losses: dict) -> pd.DataFrame:
     for (e, seed), loss in losses.items():
         rows.append({"n_experts": e, "top_k": 1, "n_shared_experts": 0, "granularity": 1.1 if e > 1 else 1.0,
                      "expert_lr_scale": 1.0, "active_params": 8.0e5 * (1.004 if e > 1 else 0.998),
+                     "total_params": 8.0e5 * (0.6 * e + 0.4),
                      "tokens": 2.8e6, "seed": seed, "loss": loss, "nominal_granularity": 1.0,
                      "nominal_expert_lr_scale": 1.0, "nominal_active_params": 8.0e5,
                      "nominal_tokens": 2.8e6})  # fmt: skip
@@ -43,6 +44,8 @@ def test_gain_criterion_passes_fails_and_waits():
     assert m.check_gain(_rows(one))["status"] == "WAIT"
     # the twin table pairs each MoE run with the dense run of its nominal N, D and seed
     g = m.gaps(_rows(good))
+    assert list(g["E"]) == [4, 8, 8, 16]  # ordered by E, then tokens per total parameter
+    assert abs(g["D_per_total_N"].iloc[0] - 2.8e6 / (8.0e5 * 2.8)) < 1e-9
     assert (
         sorted(g["E"]) == [4, 8, 8, 16]
         and abs(g[(g["E"] == 8) & (g["seed"] == 1)]["moe_minus_dense"].iloc[0] + 0.098) < 1e-9
