@@ -84,7 +84,7 @@ def gaps(df: pd.DataFrame) -> pd.DataFrame:
                          "dense": float(twin["loss"].iloc[0]), "moe": float(r["loss"]),
                          "moe_minus_dense": float(r["loss"] - twin["loss"].iloc[0])})  # fmt: skip
     cols = ["E", "N", "D", "seed", "D_per_total_N", "dense", "moe", "moe_minus_dense"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["E", "D_per_total_N"], ignore_index=True)
+    return pd.DataFrame(rows, columns=cols).sort_values(["E", "D", "N", "seed"], ignore_index=True)
 
 
 def check_gain(df: pd.DataFrame) -> dict:
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.ladder}: {len(df)} finished runs")
     g = gaps(df)
     if len(g):
-        print("\nMoE minus dense, same N, D and seed (nats/token; negative: MoE ahead), by the MoE run's")
-        print("tokens per total non-embedding parameter")
+        print("\nMoE minus dense, same N, D and seed (nats/token; negative: MoE ahead); D_per_total_N:")
+        print("the MoE run's tokens per total (not activated) non-embedding parameter")
         print(g.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for key in ("1_moe_beats_dense", "2_extrapolation", "3_loss_falls_with_E", "4_isoflop"):
         item = report[key]

@@ -44,7 +44,7 @@ def test_gain_criterion_passes_fails_and_waits():
     assert m.check_gain(_rows(one))["status"] == "WAIT"
     # the twin table pairs each MoE run with the dense run of its nominal N, D and seed
     g = m.gaps(_rows(good))
-    assert list(g["E"]) == [4, 8, 8, 16]  # ordered by E, then tokens per total parameter
+    assert list(g["E"]) == [4, 8, 8, 16]  # ordered by E, D, N, seed
     assert abs(g["D_per_total_N"].iloc[0] - 2.8e6 / (8.0e5 * 2.8)) < 1e-9
     assert (
         sorted(g["E"]) == [4, 8, 8, 16]
