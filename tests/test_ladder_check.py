@@ -34,6 +34,9 @@ def test_gain_criterion_passes_fails_and_waits():
     out = m.check_gain(_rows(good))
     assert out["status"] == "PASS" and out["monotone"]
     assert abs(out["gain_over_dense"][8] - 0.099) < 1e-9 and out["gain8_in_sd"] > 5
+    # an arm with one seed is set against dense's run of that seed, not against dense's mean
+    paired = {k: v for k, v in good.items() if k != (4, 0)} | {(4, 1): 1.950}
+    assert abs(m.check_gain(_rows(paired))["gain_over_dense"][4] - 0.060) < 1e-9
     # E = 16 no better than E = 8: not monotone
     assert m.check_gain(_rows({**good, (16, 0): 1.95}))["status"] == "FAIL"
     # a gain inside 5 seed sds: the seeds disagree by 0.05
