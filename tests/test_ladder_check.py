@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from tests._scripts import script_module
@@ -53,3 +54,28 @@ def test_gain_criterion_passes_fails_and_waits():
         sorted(g["E"]) == [4, 8, 8, 16]
         and abs(g[(g["E"] == 8) & (g["seed"] == 1)]["moe_minus_dense"].iloc[0] + 0.098) < 1e-9
     )
+
+
+def test_isoflop_criterion_recovers_a_known_allocation():
+    """Three budgets x five sizes of dense and E = 8 on a Chinchilla surface with alpha = beta (so N_opt ~
+    C^0.5): the criterion fits both architectures with intervals, and waits with two sizes a budget."""
+    m = _module()
+    rng = np.random.default_rng(0)
+    rows = []
+    for e, shift in ((1, 0.0), (8, -0.02)):
+        for c in (2e12, 4e12, 8e12):
+            n_star = (c / 6 / 20) ** 0.5
+            for k, n in enumerate(n_star * 1.8 ** np.arange(-2, 3)):
+                d = c / (6 * n)
+                loss = 1.0 + shift + 400 / n**0.34 + 400 * 20**0.34 / d**0.34 + rng.normal(0, 1e-4)
+                rows.append({"n_experts": e, "top_k": 1, "n_shared_experts": 0, "granularity": 1.0,
+                             "expert_lr_scale": 1.0, "shared_ratio": 0.0, "active_params": n, "tokens": d,
+                             "flops": c, "seed": 0, "loss": loss, "size": k})  # fmt: skip
+    df = pd.DataFrame(rows)
+    out = m.check_isoflop(df, n_boot=30)
+    assert out["status"] == "PASS"
+    for arch in out["lab_flops"].values():
+        assert arch["n_budgets"] == 3 and abs(arch["params"]["a"] - 0.5) < 0.05
+        lo, hi = arch["intervals"]["a"]
+        assert lo <= arch["params"]["a"] <= hi
+    assert m.check_isoflop(df[df["size"] < 2], n_boot=5)["status"] == "WAIT"
