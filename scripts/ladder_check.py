@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from analysis.compare import EXPONENTS  # noqa: E402
 from analysis.isoflop import fit_isoflop  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
+from analysis.twins import moe_vs_dense, nominal  # noqa: E402
 from analysis.validate import rank_laws  # noqa: E402
 from moelab.errors import MoelabError  # noqa: E402
 from moelab.presets import paper_facts  # noqa: E402
@@ -46,24 +47,13 @@ HUNYUAN = {"a": paper_facts("hunyuan-large").n_opt[1], "b": paper_facts("hunyuan
 MOE_LAWS = ("joint_moe", "clark", "granularity")
 
 
-def _nominal(df: pd.DataFrame, column: str) -> np.ndarray:
-    """The sweep's nominal value of an axis (``nominal_<column>``, what the spec asked for) where the run has
-    one, else the realised value: the family rule realises N = 4e4 as 39.9k or 40.1k and G = 1 as 1.1."""
-    real = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
-    nom = f"nominal_{column}"
-    if nom not in df.columns:
-        return real
-    asked = pd.to_numeric(df[nom], errors="coerce").to_numpy(float)
-    return np.where(np.isfinite(asked), asked, real)
-
-
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
     """Top-1 arms without shared experts, granularity 1, expert LR 1 (the E-ladder of criterion 1)."""
     keep = (df["top_k"] == 1) & (df["n_shared_experts"].fillna(0) == 0)
-    keep &= np.isclose(np.nan_to_num(_nominal(df, "granularity"), nan=1.0), 1.0)
-    keep &= np.isclose(np.nan_to_num(_nominal(df, "expert_lr_scale"), nan=1.0), 1.0)
+    keep &= np.isclose(np.nan_to_num(nominal(df, "granularity"), nan=1.0), 1.0)
+    keep &= np.isclose(np.nan_to_num(nominal(df, "expert_lr_scale"), nan=1.0), 1.0)
     out = df[keep].copy()
-    out["N"], out["D"] = _nominal(out, "active_params"), _nominal(out, "tokens")
+    out["N"], out["D"] = nominal(out, "active_params"), nominal(out, "tokens")
     return out
 
 
@@ -72,20 +62,14 @@ def _close(a, b) -> np.ndarray:
 
 
 def gaps(df: pd.DataFrame) -> pd.DataFrame:
-    """E = 4, 8, 16 runs against their dense twin (same nominal N, D and seed): loss difference, beside the
-    MoE run's tokens per total (not activated) non-embedding parameter."""
-    plain = _plain(df)
-    dense = plain[plain["n_experts"] == 1]
-    rows = []
-    for _, r in plain[plain["n_experts"] > 1].iterrows():
-        twin = dense[_close(dense["N"], r["N"]) & _close(dense["D"], r["D"]) & (dense["seed"] == r["seed"])]
-        if len(twin):
-            rows.append({"E": int(r["n_experts"]), "N": r["N"], "D": r["D"], "seed": int(r["seed"]),
-                         "D_per_total_N": float(r["tokens"] / r.get("total_params", np.nan)),
-                         "dense": float(twin["loss"].iloc[0]), "moe": float(r["loss"]),
-                         "moe_minus_dense": float(r["loss"] - twin["loss"].iloc[0])})  # fmt: skip
+    """E = 4, 8, 16 top-1 runs (no shared expert, granularity 1, expert LR 1) against their dense twin (same
+    nominal N, D and seed; ``analysis.twins``): loss difference, beside the MoE run's tokens per total (not
+    activated) non-embedding parameter."""
+    t = moe_vs_dense(df)
+    keep = (t["top_k"] == 1) & (t["shared"] == 0) & np.isclose(t["G"].fillna(1.0), 1.0)
+    keep &= np.isclose(t["expert_lr_scale"].astype(float).fillna(1.0), 1.0)
     cols = ["E", "N", "D", "seed", "D_per_total_N", "dense", "moe", "moe_minus_dense"]
-    return pd.DataFrame(rows, columns=cols).sort_values(["E", "D", "N", "seed"], ignore_index=True)
+    return t.loc[keep, cols].sort_values(["E", "D", "N", "seed"], ignore_index=True)
 
 
 def check_gain(df: pd.DataFrame) -> dict:

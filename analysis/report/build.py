@@ -19,6 +19,7 @@ from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
 from analysis.report.reproduction import Reproduction, reproduction_section
 from analysis.report.routers import routers_section
+from analysis.twins import moe_vs_dense
 from analysis.validate import ranking_rows
 
 __all__ = ["SECTIONS", "build_report", "summary_lines"]
@@ -165,15 +166,23 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             )
 
     fig = F.moe_effects(data.ok, curve, "Clark et al. (2022) law fitted to the sweep", an.clark_tokens)
-    if fig is None:
+    twins = _twins_table(data.ok)
+    if fig is None and twins is None:
         return None
     sec = Section(
         "moe",
         "MoE effects",
         "Each panel changes one MoE knob with the model's other sizes and the tokens fixed: a downward slope "
         "means the knob buys loss at no extra activated compute.",
-        figures=[("moe_effects", fig)],
+        figures=[("moe_effects", fig)] if fig is not None else [],
     )
+    if twins is not None:
+        sec.tables.append((
+            "Each MoE run beside the dense run of the same nominal N, D and seed (analysis.twins): held-out "
+            "loss in nats/token, nothing fitted; a negative difference means the MoE run is ahead. Rows "
+            "that differ only in seed show the noise a single difference is read against.",
+            twins,
+        ))  # fmt: skip
     if clark is not None:
         where = clark.domain.text if clark.domain is not None else "all runs"
         sec.notes.append(
@@ -182,6 +191,19 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             + ", ".join(f"{k} = {_fmt(v)}" for k, v in clark.params.items())
         )
     return sec
+
+
+def _twins_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    t = moe_vs_dense(runs)
+    if t.empty:
+        return None
+    return pd.DataFrame({
+        "E": t["E"], "k": t["top_k"], "shared": t["shared"], "G": t["G"].map(lambda v: _fmt(v, 2)),
+        "expert LR x": t["expert_lr_scale"].map(lambda v: _fmt(v, 3)),
+        "N": t["N"].map(lambda v: f"{v:.2g}"), "D": t["D"].map(lambda v: f"{v:.2g}"), "seed": t["seed"],
+        "dense": t["dense"].map(lambda v: f"{v:.4f}"), "MoE": t["moe"].map(lambda v: f"{v:.4f}"),
+        "MoE - dense": t["moe_minus_dense"].map(lambda v: f"{v:+.4f}"),
+    })  # fmt: skip
 
 
 def _heldout_section(an: Analysis, runs: pd.DataFrame | None = None) -> Section | None:
