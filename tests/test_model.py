@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
+import moelab.model.transformer as transformer
 from moelab.accounting import param_counts
 from moelab.config import ModelConfig
 from moelab.model import Transformer
@@ -203,8 +204,6 @@ def test_remat_policy_changes_memory_not_gradients(monkeypatch):
     535, 265 and 234 kB), while the loss and gradients stay the same. A remat policy keeps the scan (unrolled,
     XLA merges the recomputation back into the forward pass); without one, the 4 blocks are unrolled
     (``UNROLL_MAX_BLOCKS``): the same gradients."""
-    import moelab.model.transformer as transformer
-
     model = Transformer(MOE, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     tokens = jax.random.randint(jax.random.key(2), (2, 8), 0, MOE.vocab_size)

@@ -15,6 +15,7 @@ from moelab.accounting import train_flops_per_token
 from moelab.errors import ConfigError
 from moelab.files import write_json_atomic
 from moelab.sweep.plan import make_plan
+from moelab.sweep.scheduler import trial_order
 from moelab.sweep.spec import SweepSpec
 from moelab.sweep.state import decide, run_state
 
@@ -320,8 +321,6 @@ def test_presets_as_the_base_model():
 def test_trial_order_is_longest_first_or_the_spec_order(tmp_path, order):
     """``order: listed`` trains in the spec's order (a ladder grown over sittings: its priorities first); the
     default trains the longest estimated run first."""
-    from moelab.sweep.plan import make_plan
-    from moelab.sweep.scheduler import trial_order
 
     raw = {"name": "o", "model": {"vocab_size": 256, "max_seq_len": 64}, "train": {"seq_len": 32},
            "generator": "zip", "axes": {"active_params": [1e4, 4e4, 2e4], "tokens": [1e5, 1e5, 1e5]},

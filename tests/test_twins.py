@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.report.build import _twins_table
 from analysis.twins import moe_vs_dense
 
 
@@ -37,8 +38,6 @@ def test_each_moe_run_meets_the_dense_run_of_its_nominal_size_tokens_and_seed():
 
 
 def test_the_report_shows_the_twins():
-    from analysis.report.build import _twins_table
-
     runs = pd.DataFrame([_run(1, 4e4, 1e6, 0, 2.00), _run(8, 4e4, 1e6, 0, 1.95)])
     table = _twins_table(runs)
     assert list(table["MoE - dense"]) == ["-0.0500"] and list(table["N"]) == ["4e+04"]
