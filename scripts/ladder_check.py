@@ -48,11 +48,12 @@ MOE_LAWS = ("joint_moe", "clark", "granularity")
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
-    """Top-1 arms without shared experts, granularity 1, expert LR 1 (the E-ladder of criterion 1)."""
-    keep = (df["top_k"] == 1) & (df["n_shared_experts"].fillna(0) == 0)
-    keep &= np.isclose(np.nan_to_num(nominal(df, "granularity"), nan=1.0), 1.0)
-    keep &= np.isclose(np.nan_to_num(nominal(df, "expert_lr_scale"), nan=1.0), 1.0)
-    out = df[keep].copy()
+    """Dense runs and the top-1 arms without shared experts, granularity 1, expert LR 1 (the E-ladder of
+    criterion 1; a dense run has no expert shape to filter on)."""
+    plain = (df["top_k"] == 1) & (df["n_shared_experts"].fillna(0) == 0)
+    plain &= np.isclose(np.nan_to_num(nominal(df, "granularity"), nan=1.0), 1.0)
+    plain &= np.isclose(np.nan_to_num(nominal(df, "expert_lr_scale"), nan=1.0), 1.0)
+    out = df[plain | (df["n_experts"] <= 1)].copy()
     out["N"], out["D"] = nominal(out, "active_params"), nominal(out, "tokens")
     return out
 
@@ -65,19 +66,16 @@ def gaps(df: pd.DataFrame) -> pd.DataFrame:
     """E = 4, 8, 16 top-1 runs (no shared expert, granularity 1, expert LR 1) against their dense twin (same
     nominal N, D and seed; ``analysis.twins``): loss difference, beside the MoE run's tokens per total (not
     activated) non-embedding parameter."""
-    t = moe_vs_dense(df)
-    keep = (t["top_k"] == 1) & (t["shared"] == 0) & np.isclose(t["G"].fillna(1.0), 1.0)
-    keep &= np.isclose(t["expert_lr_scale"].astype(float).fillna(1.0), 1.0)
     cols = ["E", "N", "D", "seed", "D_per_total_N", "dense", "moe", "moe_minus_dense"]
-    return t.loc[keep, cols].sort_values(["E", "D", "N", "seed"], ignore_index=True)
+    return moe_vs_dense(_plain(df))[cols].sort_values(["E", "D", "N", "seed"], ignore_index=True)
 
 
 def check_gain(df: pd.DataFrame) -> dict:
     plain = _plain(df)
     cell = plain[_close(plain["N"], TOP_N) & _close(plain["D"], MIDDLE_D)]
-    by_e = {int(e): g["loss"].to_numpy(float) for e, g in cell.groupby("n_experts")}
     seeds = {int(e): dict(zip(g["seed"].astype(int), g["loss"].astype(float), strict=True))
              for e, g in cell.groupby("n_experts")}  # fmt: skip
+    by_e = {e: np.array(list(v.values())) for e, v in seeds.items()}
     out = {"cell": f"N = {TOP_N:.2g}, D = {MIDDLE_D:.2g}", "losses": {e: v.tolist() for e, v in by_e.items()}}
     need = [e for e in (1, 8) if len(by_e.get(e, ())) < 2] + [e for e in (4, 16) if e not in by_e]
     need += [e for e in (4, 16) if e in by_e and not set(seeds[e]) & set(seeds.get(1, {}))]
