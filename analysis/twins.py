@@ -66,3 +66,56 @@ def moe_vs_dense(df: pd.DataFrame, loss_col: str = "loss") -> pd.DataFrame:
         })  # fmt: skip
     order = ["E", "top_k", "shared", "G", "expert_lr_scale", "D", "N", "seed"]
     return pd.DataFrame(rows, columns=COLUMNS).sort_values(order, ignore_index=True)
+
+
+def gap_trend(twins: pd.DataFrame, at: tuple[tuple[float, float], ...] = (), n_boot: int = 2000,
+              seed: int = 0) -> dict | None:  # fmt: skip
+    """How the MoE-minus-dense gap of one arm's twins moves with tokens and size, by least squares with a
+    pair bootstrap (``n_boot`` resamples of the twin rows, 95% percentile intervals):
+
+    - ``gap = a + b·log10 D + c·log10 N``: ``b`` and ``c`` each with an interval, and ``b + c``, which is 0
+      where the gap depends on tokens per parameter D/N alone;
+    - ``gap = a1 + s·log10(D / total N)``: the slope ``s`` per decade of tokens per total (not activated)
+      non-embedding parameter, its R², and where the fitted gap crosses 0 (``breakeven_D_per_total_N``);
+    - ``at``: the two-variable fit's gap at each (N, D) given, with its interval (``gap_at``), an
+      extrapolation wherever (N, D) lies outside the twins'.
+
+    None where there are fewer than 5 rows, or fewer than 2 distinct D or N (nothing to separate)."""
+    t = twins[np.isfinite(twins["moe_minus_dense"]) & np.isfinite(twins["D_per_total_N"])]
+    if len(t) < 5 or t["D"].nunique() < 2 or t["N"].nunique() < 2:
+        return None
+    y = t["moe_minus_dense"].to_numpy(np.float64)
+    lD, lN = np.log10(t["D"].to_numpy(np.float64)), np.log10(t["N"].to_numpy(np.float64))
+    lr = np.log10(t["D_per_total_N"].to_numpy(np.float64))
+    X2 = np.column_stack([np.ones(len(y)), lD, lN])
+    X1 = np.column_stack([np.ones(len(y)), lr])
+
+    def fit(idx):
+        b2 = np.linalg.lstsq(X2[idx], y[idx], rcond=None)[0]
+        b1 = np.linalg.lstsq(X1[idx], y[idx], rcond=None)[0]
+        cross = -b1[0] / b1[1] if b1[1] != 0 else np.nan
+        pred = [b2[0] + b2[1] * np.log10(d) + b2[2] * np.log10(n) for n, d in at]
+        return np.array([b2[1], b2[2], b2[1] + b2[2], b1[1], cross, *pred])
+
+    point = fit(np.arange(len(y)))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        if np.ptp(lD[idx]) > 0 and np.ptp(lN[idx]) > 0 and np.ptp(lr[idx]) > 0:
+            draws.append(fit(idx))
+    lo, hi = np.nanpercentile(np.array(draws), [2.5, 97.5], axis=0)
+    resid = y - X1 @ np.linalg.lstsq(X1, y, rcond=None)[0]
+    r2 = 1.0 - float(np.sum(resid**2) / np.sum((y - y.mean()) ** 2)) if np.ptp(y) > 0 else np.nan
+    names = ("per_decade_D", "per_decade_N", "sum", "per_decade_D_per_total_N", "breakeven_D_per_total_N")
+    out = {"n": len(y), "r2_D_per_total_N": r2, "n_boot": len(draws)}
+    for k, name in enumerate(names):
+        out[name] = float(point[k])
+        out[name + "_95"] = [float(lo[k]), float(hi[k])]
+    out["breakeven_D_per_total_N"] = float(10 ** point[4])
+    out["breakeven_D_per_total_N_95"] = [float(10 ** lo[4]), float(10 ** hi[4])]
+    out["gap_at"] = [
+        {"N": n, "D": d, "gap": float(point[5 + i]), "gap_95": [float(lo[5 + i]), float(hi[5 + i])]}
+        for i, (n, d) in enumerate(at)
+    ]
+    return out

@@ -6,7 +6,9 @@ Each criterion prints PASS, FAIL or WAIT (the rows it needs are not committed ye
 1. MoE beats dense: at the ladder's largest activated size and middle token budget, E = 8 top-1 is below
    dense by >= 5 seed standard deviations (the pooled within-arm sd of the 2 seeds), and the gain is monotone
    in E (4 < 8 < 16); each arm's gain is against dense on the same seeds. The gap of every MoE run against
-   its dense twin (same N, D, seed) is listed too.
+   its dense twin (same N, D, seed) is listed too, and how E = 8's gap moves with D and N
+   (``analysis.twins.gap_trend``: per decade of each, with intervals, and its value at the largest N for
+   the middle budget, the largest budget and the most tokens one epoch of the corpus allows).
 2. Extrapolation: every law, fitted on the runs below the 70th compute percentile of its stratum (dense, MoE),
    predicts the held-out top 30% with median |relative error| <= 1.0% and max <= 2.5%, with no fitted
    parameter on a bound and a 95% bootstrap interval for every exponent (``analysis.validate.rank_laws``,
@@ -36,12 +38,15 @@ sys.path.insert(0, str(REPO))
 from analysis.compare import EXPONENTS  # noqa: E402
 from analysis.isoflop import fit_isoflop  # noqa: E402
 from analysis.load import load_runs  # noqa: E402
-from analysis.twins import moe_vs_dense, nominal  # noqa: E402
+from analysis.twins import gap_trend, moe_vs_dense, nominal  # noqa: E402
 from analysis.validate import rank_laws  # noqa: E402
 from moelab.errors import MoelabError  # noqa: E402
 from moelab.presets import paper_facts  # noqa: E402
 
-TOP_N, MIDDLE_D = 8.0e5, 2.8e6
+TOP_N, MIDDLE_D, TOP_D = 8.0e5, 2.8e6, 7.0e6
+#: The most tokens a ladder run may train on: under one epoch of the corpus's 11.6 M training tokens
+#: (scripts/make_ladder.py, ISO_MAX_TOKENS).
+EPOCH_D = 1.05e7
 SIGMAS, MEDIAN_MAX, MAX_MAX = 5.0, 0.010, 0.025
 HUNYUAN = {"a": paper_facts("hunyuan-large").n_opt[1], "b": paper_facts("hunyuan-large").d_opt[1]}
 MOE_LAWS = ("joint_moe", "clark", "granularity")
@@ -94,6 +99,13 @@ def check_gain(df: pd.DataFrame) -> dict:
     out |= {"status": "PASS" if ok else "FAIL", "seed_sd": sd, "gain_over_dense": gain,
             "gain8_in_sd": gain[8] / sd if sd > 0 else float("inf"), "monotone": monotone}  # fmt: skip
     return out
+
+
+def trend(df: pd.DataFrame) -> dict | None:
+    """E = 8's twin gaps against D and N (``analysis.twins.gap_trend``), with the fitted gap at the largest
+    N for the middle and largest budgets and for one epoch of the corpus."""
+    g = gaps(df)
+    return gap_trend(g[g["E"] == 8], at=((TOP_N, MIDDLE_D), (TOP_N, TOP_D), (TOP_N, EPOCH_D)))
 
 
 def check_extrapolation(df: pd.DataFrame, n_boot: int) -> tuple[dict, dict]:
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "runs": len(df),
         "gaps": gaps(df).to_dict(orient="records"),
-        "1_moe_beats_dense": check_gain(df),
+        "1_moe_beats_dense": check_gain(df) | {"e8_gap_trend": trend(df)},
         "2_extrapolation": extrap,
         "3_loss_falls_with_E": check_e_effect(df, results),
         "4_isoflop": check_isoflop(df, args.bootstrap),

@@ -19,7 +19,7 @@ from analysis.report.published import published_section
 from analysis.report.render import Section, write_report_folder
 from analysis.report.reproduction import Reproduction, reproduction_section
 from analysis.report.routers import routers_section
-from analysis.twins import moe_vs_dense
+from analysis.twins import gap_trend, moe_vs_dense
 from analysis.validate import ranking_rows
 
 __all__ = ["SECTIONS", "build_report", "summary_lines"]
@@ -183,6 +183,7 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             "that differ only in seed show the noise a single difference is read against.",
             twins,
         ))  # fmt: skip
+    sec.notes.extend(_trend_notes(data.ok))
     if clark is not None:
         where = clark.domain.text if clark.domain is not None else "all runs"
         sec.notes.append(
@@ -191,6 +192,36 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             + ", ".join(f"{k} = {_fmt(v)}" for k, v in clark.params.items())
         )
     return sec
+
+
+def _trend_notes(runs: pd.DataFrame) -> list[str]:
+    """One sentence per MoE arm with enough twins: how its gap to dense moves with D and N
+    (``analysis.twins.gap_trend``)."""
+    t = moe_vs_dense(runs)
+    notes = []
+    arms = t.groupby(["E", "top_k", "shared", "G", "expert_lr_scale"], dropna=False)
+    for (e, k, shared, g, elr), arm in arms:
+        tr = gap_trend(arm)
+        if tr is None:
+            continue
+
+        def ci(key, tr=tr):
+            return f"{tr[key]:+.3f} [{tr[key + '_95'][0]:+.3f}, {tr[key + '_95'][1]:+.3f}]"
+
+        be, (be_lo, be_hi) = tr["breakeven_D_per_total_N"], tr["breakeven_D_per_total_N_95"]
+        name = f"E = {e} top-{k}" + (f", {shared} shared" if shared else "")
+        name += "" if not np.isfinite(g) or np.isclose(g, 1.0) else f", G = {_fmt(g, 2)}"
+        name += "" if not np.isfinite(elr) or np.isclose(elr, 1.0) else f", expert LR x {_fmt(elr, 3)}"
+        notes.append(
+            f"{name}, {tr['n']} twins (D {arm['D'].min():.2g}-{arm['D'].max():.2g}, N "
+            f"{arm['N'].min():.2g}-{arm['N'].max():.2g}): the gap to dense moves by {ci('per_decade_D')} "
+            f"nats per decade of training tokens and {ci('per_decade_N')} per decade of activated size "
+            f"(least squares, pair bootstrap 95%); against tokens per total parameter "
+            f"{ci('per_decade_D_per_total_N')} per decade (R² {tr['r2_D_per_total_N']:.2f}), zero at "
+            f"{be:.2g} [{be_lo:.2g}, {be_hi:.2g}] tokens per total parameter. A fit to these twins, not a "
+            "law: it says where in this span the MoE arm led, not why."
+        )
+    return notes
 
 
 def _twins_table(runs: pd.DataFrame) -> pd.DataFrame | None:
