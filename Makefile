@@ -24,6 +24,8 @@ ladder: $(STAMP)
 	nice $(BIN)/moelab sweep run sweeps/ladder.yaml --results data/ladder --no-live
 	nice $(BIN)/moelab sweep run sweeps/ladder_seed1.yaml --results data/ladder --no-live
 	nice $(BIN)/moelab sweep run sweeps/ladder_isoflop.yaml --results data/ladder --no-live
+	nice $(BIN)/moelab sweep run sweeps/ladder_top.yaml --results data/ladder --no-live
+	nice $(BIN)/moelab sweep run sweeps/ladder_top_seed1.yaml --results data/ladder --no-live
 	$(BIN)/moelab report data/ladder/ladder
 
 # pytest's last lines include `moelab skips: N (M allowed)` (tests/conftest.py); with CI=true an unallowed skip fails.

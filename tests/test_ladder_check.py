@@ -12,7 +12,7 @@ def _module():
     return script_module("ladder_check")
 
 
-def _rows(losses: dict) -> pd.DataFrame:
+def _rows(losses: dict, d: float = 2.8e6) -> pd.DataFrame:
     """(E, seed) -> loss at the ladder's top cell; realised N and G off their nominal values, as the family
     rule leaves them, plus an E = 8 run at the other expert LR that must not count."""
     rows = []
@@ -20,9 +20,9 @@ def _rows(losses: dict) -> pd.DataFrame:
         rows.append({"n_experts": e, "top_k": 1, "n_shared_experts": 0, "granularity": 1.1 if e > 1 else 1.0,
                      "expert_lr_scale": 1.0, "active_params": 8.0e5 * (1.004 if e > 1 else 0.998),
                      "total_params": 8.0e5 * (0.6 * e + 0.4),
-                     "tokens": 2.8e6, "seed": seed, "loss": loss, "nominal_granularity": 1.0,
+                     "tokens": d, "seed": seed, "loss": loss, "nominal_granularity": 1.0,
                      "nominal_expert_lr_scale": 1.0, "nominal_active_params": 8.0e5,
-                     "nominal_tokens": 2.8e6})  # fmt: skip
+                     "nominal_tokens": d})  # fmt: skip
     rows.append(
         {**rows[-1], "n_experts": 8, "expert_lr_scale": 0.35, "nominal_expert_lr_scale": 0.35, "loss": 9.0}
     )
@@ -54,6 +54,23 @@ def test_gain_criterion_passes_fails_and_waits():
         sorted(g["E"]) == [4, 8, 8, 16]
         and abs(g[(g["E"] == 8) & (g["seed"] == 1)]["moe_minus_dense"].iloc[0] + 0.098) < 1e-9
     )
+
+
+def test_the_gain_criterion_reads_both_cells_of_the_top_size():
+    """The middle budget and the one-epoch cell (sweeps/ladder_top*.yaml): PASS where either passes, WAIT
+    while the other lacks runs, FAIL when both are measured and neither passes."""
+    m = _module()
+    good = {(1, 0): 2.000, (1, 1): 2.010, (8, 0): 1.900, (8, 1): 1.912, (4, 0): 1.950, (16, 0): 1.870}
+    flat = {k: (v if k[0] == 1 else 2.004) for k, v in good.items()}
+    middle_fails = _rows(flat)
+    assert m.check_gains(middle_fails)["status"] == "WAIT"
+    assert m.check_gains(middle_fails)["middle"]["status"] == "FAIL"
+    both = pd.concat([middle_fails, _rows(good, d=m.EPOCH_D)], ignore_index=True)
+    out = m.check_gains(both)
+    assert out["status"] == "PASS" and out["one_epoch"]["status"] == "PASS"
+    assert out["one_epoch"]["cell"] == "N = 8e+05, D = 1.05e+07"
+    neither = pd.concat([middle_fails, _rows(flat, d=m.EPOCH_D)], ignore_index=True)
+    assert m.check_gains(neither)["status"] == "FAIL"
 
 
 def test_isoflop_criterion_recovers_a_known_allocation():

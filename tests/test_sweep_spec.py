@@ -207,19 +207,20 @@ def test_cli_rejects_a_bad_file_before_anything_runs(tmp_path):
 def test_shipped_sweeps_are_valid(path):
     spec = SweepSpec.from_file(path)
     trials = spec.trials()
-    # a second-seed or IsoFLOP file trains into its sweep's folder (sweeps/ladder_seed1.yaml and
-    # sweeps/ladder_isoflop.yaml are sweep "ladder")
-    assert spec.name == re.sub(r"_(seed\d+|isoflop)$", "", path.stem)
+    # a second-seed, IsoFLOP or top-cell file trains into its sweep's folder (sweeps/ladder_seed1.yaml,
+    # ladder_isoflop.yaml, ladder_top.yaml and ladder_top_seed1.yaml are sweep "ladder")
+    assert spec.name == re.sub(r"_(seed\d+|isoflop|top|top_seed\d+)$", "", path.stem)
     assert len(trials) == len(spec.points()), "a shipped sweep must not repeat a configuration"
 
 
 def test_the_ladder_keeps_its_rules():
-    """Every run the ladder's files ask for (grid, second seeds, IsoFLOP profiles) has >= 1,000 steps and
-    stays under one epoch of the corpus's training split (11.6 M byte tokens); each IsoFLOP budget has 5 sizes
-    per architecture at one compute; no two files ask for the same run."""
+    """Every run the ladder's files ask for (grid, second seeds, IsoFLOP profiles, top cell) has >= 1,000
+    steps and stays under one epoch of the corpus's training split (11.6 M byte tokens); each IsoFLOP budget
+    has 5 sizes per architecture at one compute; no two files ask for the same run."""
     corpus_tokens = 11.0e6  # the default corpus's training split is 11.6 M byte tokens
     ids = []
-    for name in ("ladder.yaml", "ladder_seed1.yaml", "ladder_isoflop.yaml"):
+    for name in ("ladder.yaml", "ladder_seed1.yaml", "ladder_isoflop.yaml", "ladder_top.yaml",
+                 "ladder_top_seed1.yaml"):  # fmt: skip
         spec = SweepSpec.from_file(REPO / "sweeps" / name)
         assert spec.name == "ladder"
         for t in spec.trials():
