@@ -31,6 +31,7 @@ from analysis.suggest import (
 )
 from moelab.cli import main
 from moelab.sweep.spec import SweepSpec
+from tests._scripts import script_module
 
 TRUTH = {"E": 1.0, "A": 48.0, "B": 160.0, "alpha": 0.31, "beta": 0.30}  # CPU-scale chinchilla law
 BASE = {
@@ -357,3 +358,15 @@ def test_grid_rung_of_a_runs_table():
         {"active_params": 8e5, "tokens": 1e6},
         {"active_params": 8e5, "tokens": 2e6},
     ]
+
+
+def test_the_ladder_replay_script_runs_on_the_committed_ladder(capsys):
+    """scripts/suggest_replay.py (issue 16's real-runs check, docs/analysis.md) on the committed ladder: the
+    split it prints and one row per design (2 seeds, 16 resamples here; the note's figures use 20 x 256)."""
+    assert script_module("suggest_replay").main(["--seeds", "2", "--bootstrap", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "runs done" in out and "next rung 4 runs" in out
+    rows = [line.split() for line in out.splitlines()]
+    rows = [r for r in rows if r[:1] in (["suggest"], ["random"], ["grid"])]
+    assert [r[0] for r in rows] == ["suggest", "random", "grid"]
+    assert all(0 < float(r[1]) < 10 for r in rows)
