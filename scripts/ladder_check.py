@@ -17,7 +17,8 @@ Each criterion prints PASS, FAIL or WAIT (the rows it needs are not committed ye
 3. The fitted MoE laws give a loss that falls with E: L(E = 16) - L(E = 1) at the largest N and middle D,
    over the bootstrap ensemble, with a 95% interval below zero.
 4. IsoFLOP (Approach 2): N_opt ~ C^a and D_opt ~ C^b of dense and E = 8 with 95% intervals, at the lab's
-   FLOP count and at Hunyuan-Large's compute model, beside the paper's exponents (``moelab.presets``).
+   FLOP count and at Hunyuan-Large's compute model, beside the paper's exponents (``moelab.presets``); an
+   interval 1.0 or wider (``MAX_EXPONENT_WIDTH``) fails it.
 
 It reads only the committed rows, so it is the same on any machine; ``--json`` prints one object.
 """
@@ -48,6 +49,8 @@ TOP_N, MIDDLE_D, TOP_D = 8.0e5, 2.8e6, 7.0e6
 #: The most tokens a ladder run may train on: under one epoch of the corpus's 11.6 M training tokens
 #: (scripts/make_ladder.py, ISO_MAX_TOKENS).
 EPOCH_D = 1.05e7
+#: Criterion 4: an IsoFLOP exponent whose 95% interval is this wide or wider is not a measurement.
+MAX_EXPONENT_WIDTH = 1.0
 SIGMAS, MEDIAN_MAX, MAX_MAX = 5.0, 0.010, 0.025
 HUNYUAN = {"a": paper_facts("hunyuan-large").n_opt[1], "b": paper_facts("hunyuan-large").d_opt[1]}
 MOE_LAWS = ("joint_moe", "clark", "granularity")
@@ -191,7 +194,14 @@ def check_isoflop(df: pd.DataFrame, n_boot: int) -> dict:
         out[key] = {a: {"params": v["params"], "n_budgets": v["n_budgets"],
                         "intervals": res.arch_intervals(a) if v.get("samples") is not None else None}
                     for a, v in res.per_arch.items()}  # fmt: skip
-    out["status"] = "PASS" if all(v["intervals"] for v in out["lab_flops"].values()) else "FAIL"
+    wide = {a: {e: iv[e] for e in ("a", "b") if not (iv[e][1] - iv[e][0] < MAX_EXPONENT_WIDTH)}
+            for a, v in out["lab_flops"].items() if (iv := v["intervals"])}  # fmt: skip
+    wide = {a: w for a, w in wide.items() if w}
+    ok = all(v["intervals"] for v in out["lab_flops"].values()) and not wide
+    out["status"] = "PASS" if ok else "FAIL"
+    if wide:
+        out["why"] = (f"an exponent's 95% interval is {MAX_EXPONENT_WIDTH:g} or wider (a and b of a "
+                      f"compute-optimal allocation lie in [0, 1]: it measures nothing): {wide}")  # fmt: skip
     return out
 
 

@@ -96,3 +96,6 @@ def test_isoflop_criterion_recovers_a_known_allocation():
         lo, hi = arch["intervals"]["a"]
         assert lo <= arch["params"]["a"] <= hi
     assert m.check_isoflop(df[df["size"] < 2], n_boot=5)["status"] == "WAIT"
+    m.MAX_EXPONENT_WIDTH = 1e-6  # no real interval is this narrow: the exponents no longer count as measured
+    narrow = m.check_isoflop(df, n_boot=30)
+    assert narrow["status"] == "FAIL" and "measures nothing" in narrow["why"]
