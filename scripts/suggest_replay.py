@@ -5,7 +5,8 @@ The ladder's E-ladder runs (dense and the top-1 arms without shared experts, see
 ``scripts/ladder_check.py``) are split by compute (``analysis.suggest.replay_split``): the ``--rung`` runs
 nearest ``--level`` FLOPs are the grid's next rung, the runs cheaper than all of them are done, and the rest
 (the rung included) are the candidates. ``analysis.suggest.replay`` then compares, per seed, the 95% bootstrap
-interval of the target (Hunyuan-Large on its 7T tokens under ``--law``) before and after adding (a) the runs
+interval of the target (Hunyuan-Large on its training tokens, ``analysis.suggest.Target``'s default, under
+``--law``) before and after adding (a) the runs
 ``moelab suggest``'s design picks, (b) random candidates, (c) the rung, all within the rung's FLOPs, each run
 showing the loss it really reached (the design never sees it). Seeds vary the bootstrap resamples and the
 random draw; the candidates and their losses are the same in every seed, so the seeds measure how robust the
@@ -45,12 +46,13 @@ def main(argv=None) -> int:
     df = _plain(df)
     df = df[df["seed"] == 0].reset_index(drop=True)
     done, pool, rung = replay_split(df, args.level, args.rung)
+    target = Target("hunyuan-large")  # its paper's training tokens (moelab.presets)
     print(f"{args.ladder}: {len(done)} runs done, {len(pool)} candidates, next rung {len(rung)} runs "
           f"({', '.join(sorted(rung['run_id'].str.split('-lr').str[0]))}); law {args.law}, target "
-          f"hunyuan-large on 7e12 tokens; {args.seeds} seeds x {args.bootstrap} resamples")  # fmt: skip
+          f"{target.label}; {args.seeds} seeds x {args.bootstrap} resamples")  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = replay(args.law, done, pool, rung, Target("hunyuan-large", 7e12), seeds=range(args.seeds),
+        out = replay(args.law, done, pool, rung, target, seeds=range(args.seeds),
                      n_boot=args.bootstrap)  # fmt: skip
     print("design (same FLOPs)   median width after / before   runs   suggested narrower in")
     for k in ("suggest", "random", "grid"):
