@@ -36,6 +36,9 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from make_ladder import ISO_MAX_TOKENS, MIDDLE, SIZES, TOKENS  # noqa: E402
 
 from analysis.compare import EXPONENTS  # noqa: E402
 from analysis.isoflop import fit_isoflop  # noqa: E402
@@ -45,10 +48,9 @@ from analysis.validate import rank_laws  # noqa: E402
 from moelab.errors import MoelabError  # noqa: E402
 from moelab.presets import paper_facts  # noqa: E402
 
-TOP_N, MIDDLE_D, TOP_D = 8.0e5, 2.8e6, 7.0e6
-#: The most tokens a ladder run may train on: under one epoch of the corpus's 11.6 M training tokens
-#: (scripts/make_ladder.py, ISO_MAX_TOKENS).
-EPOCH_D = 1.05e7
+#: The ladder's largest size, its middle and largest token budgets, and the most tokens a ladder run may train
+#: on (under one epoch of the corpus), as scripts/make_ladder.py writes the sweeps.
+TOP_N, MIDDLE_D, TOP_D, EPOCH_D = SIZES[-1], MIDDLE, TOKENS[-1], ISO_MAX_TOKENS
 #: Criterion 4: an IsoFLOP exponent whose 95% interval is this wide or wider is not a measurement.
 MAX_EXPONENT_WIDTH = 1.0
 SIGMAS, MEDIAN_MAX, MAX_MAX = 5.0, 0.010, 0.025
