@@ -39,9 +39,9 @@ def test_each_moe_run_meets_the_dense_run_of_its_nominal_size_tokens_and_seed():
 
 def test_the_report_shows_the_twins():
     runs = pd.DataFrame([_run(1, 4e4, 1e6, 0, 2.00), _run(8, 4e4, 1e6, 0, 1.95)])
-    table = _twins_table(runs)
+    table = _twins_table(moe_vs_dense(runs))
     assert list(table["MoE - dense"]) == ["-0.0500"] and list(table["N"]) == ["4e+04"]
-    assert _twins_table(runs[runs["n_experts"] == 1]) is None
+    assert _twins_table(moe_vs_dense(runs[runs["n_experts"] == 1])) is None
 
 
 def test_gap_trend_recovers_a_known_dependence_on_tokens_and_size():
@@ -84,7 +84,7 @@ def test_the_report_says_how_an_arms_gap_moves_with_tokens_and_size():
         for d in (1e6, 3e6):
             gap = 0.4 - 0.1 * np.log10(d) + 0.02 * np.log10(n) + 0.003 * rng.normal()
             rows += [_run(1, n, d, 0, 2.0), _run(8, n, d, 0, 2.0 + gap)]
-    notes = _trend_notes(pd.DataFrame(rows))
+    notes = _trend_notes(moe_vs_dense(pd.DataFrame(rows)))
     assert len(notes) == 1 and notes[0].startswith("E = 8 top-1, 6 twins (D 1e+06-3e+06, N 4e+04-1.6e+05)")
     assert "-0.1" in notes[0] and "per decade of training tokens" in notes[0]
-    assert _trend_notes(pd.DataFrame(rows[:4])) == []  # 2 twins: no trend
+    assert _trend_notes(moe_vs_dense(pd.DataFrame(rows[:4]))) == []  # 2 twins: no trend

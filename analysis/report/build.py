@@ -166,7 +166,8 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             )
 
     fig = F.moe_effects(data.ok, curve, "Clark et al. (2022) law fitted to the sweep", an.clark_tokens)
-    twins = _twins_table(data.ok)
+    pairs = moe_vs_dense(data.ok)
+    twins = _twins_table(pairs)
     if fig is None and twins is None:
         return None
     sec = Section(
@@ -183,7 +184,7 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
             "that differ only in seed show the noise a single difference is read against.",
             twins,
         ))  # fmt: skip
-    sec.notes.extend(_trend_notes(data.ok))
+    sec.notes.extend(_trend_notes(pairs))
     if clark is not None:
         where = clark.domain.text if clark.domain is not None else "all runs"
         sec.notes.append(
@@ -194,10 +195,9 @@ def _moe_section(data: ResultsData, an: Analysis) -> Section | None:
     return sec
 
 
-def _trend_notes(runs: pd.DataFrame) -> list[str]:
-    """One sentence per MoE arm with enough twins: how its gap to dense moves with D and N
-    (``analysis.twins.gap_trend``)."""
-    t = moe_vs_dense(runs)
+def _trend_notes(t: pd.DataFrame) -> list[str]:
+    """One sentence per MoE arm with enough twins (``t``: ``analysis.twins.moe_vs_dense``'s table): how its
+    gap to dense moves with D and N (``analysis.twins.gap_trend``)."""
     notes = []
     arms = t.groupby(["E", "top_k", "shared", "G", "expert_lr_scale"], dropna=False)
     for (e, k, shared, g, elr), arm in arms:
@@ -224,8 +224,8 @@ def _trend_notes(runs: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _twins_table(runs: pd.DataFrame) -> pd.DataFrame | None:
-    t = moe_vs_dense(runs)
+def _twins_table(t: pd.DataFrame) -> pd.DataFrame | None:
+    """The report's table of ``t`` (``analysis.twins.moe_vs_dense``'s), None where it is empty."""
     if t.empty:
         return None
     return pd.DataFrame({
