@@ -21,12 +21,18 @@ factor 1.25, ``dropless`` = ragged_dot, ``blocksparse``), reporting each step ti
 step's FLOPs as XLA compiled them over the dense step's (padding and dense fallbacks show there; XLA
 counts a loop body once, so blocksparse has no such figure). A strategy
 whose compiled step exceeds ``--max-flops-ratio`` times the dense FLOPs (ragged_dot's dense masked product on
-CPU) is compiled but not timed. ``--json PATH`` writes the results atomically.
+CPU) is compiled but not timed. Beside the strategies, each shape has a ``floor`` row: the same step with the
+grouped FFN replaced by one plain SwiGLU of expert 0's weights over all N·k sorted rows (``floor_dispatch``;
+the router, the sort, gather and scatter, every expert's parameters and their AdamW update all kept). It is
+not a dispatch (every row goes through one expert) but what the step would cost if the grouped product ran
+exactly as fast as one dense product of the same rows: the least any sort-based dropless dispatch can reach
+on the machine, against which the strategies' ratios are read. ``--json PATH`` writes the results atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -260,16 +266,53 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
     return step, state, tokens
 
 
+def floor_dispatch(x, top_idx, top_w, w_gate, w_up, w_down, **_):
+    """The bench's floor, not a dispatch: ``blocksparse.dispatch``'s sort, gather, gate weighting and scatter
+    around one plain SwiGLU of expert 0's weights over all N·k sorted rows (module docstring). Equal to every
+    dispatch when every assignment goes to expert 0 (tests/test_bench.py)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, d = x.shape
+    k = top_idx.shape[1]
+    order = jnp.argsort(top_idx.reshape(n * k), stable=True)
+    token = (order // k).astype(jnp.int32)
+    xs = x[token]
+    out = (jax.nn.silu(xs @ w_gate[0]) * (xs @ w_up[0])) @ w_down[0]
+    weights = top_w.reshape(n * k)[order].astype(x.dtype)
+    y = jnp.zeros((n, d), out.dtype).at[token].add(out * weights[:, None])
+    zero = jnp.zeros((), jnp.float32)
+    return y, zero, zero
+
+
+@contextlib.contextmanager
+def _tracing_with(strategy: str | None, fn):
+    """Within the block, the model traces ``fn`` where its config names ``strategy`` (None: no change)."""
+    from moelab.model.dispatch import STRATEGIES
+
+    if strategy is None:
+        yield
+        return
+    saved = STRATEGIES[strategy]
+    STRATEGIES[strategy] = fn
+    try:
+        yield
+    finally:
+        STRATEGIES[strategy] = saved
+
+
 def _time_models(models: dict, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio=None, gated=(),
-                 peak_dtype="float32"):  # fmt: skip
+                 peak_dtype="float32", floors=()):  # fmt: skip
     """Compile every model's step, then time them and the matmul peak in alternating rounds (so that all see
     the same machine load); the best round of each counts. With ``max_flops_ratio``, a model of ``gated``
     whose compiled step has more than that many times the FLOPs of ``models``' first one (XLA's cost
-    analysis) is compiled but not timed. Returns ({key: run record}, peak FLOP/s)."""
+    analysis) is compiled but not timed. The models of ``floors`` (blocksparse configs) are compiled with
+    ``floor_dispatch`` in blocksparse's place. Returns ({key: run record}, peak FLOP/s)."""
     runs = {}
     for key, c in models.items():
         t0 = time.perf_counter()
-        step, state, tokens = make_step(c, seq_len, batch)
+        with _tracing_with("blocksparse" if key in floors else None, floor_dispatch):
+            step, state, tokens = make_step(c, seq_len, batch)
         runs[key] = dict(step=step, state=state, tokens=tokens, xla_flops=step.xla_flops, best=1e30,
                          loss=None, compile_s=time.perf_counter() - t0)  # fmt: skip
         first = runs[next(iter(runs))]["xla_flops"]
@@ -344,9 +387,13 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
                 n_experts=e, top_k=k, d_expert=f, dispatch=strategy, capacity_factor=capacity_factor
             )
     # XLA counts a while loop's body once, so only loop-free strategies have a FLOP count to gate on
+    floors = []
+    for e, k, f in shapes:
+        floors.append(f"E{e}-top{k}/floor")
+        models[floors[-1]] = base.replace(n_experts=e, top_k=k, d_expert=f, dispatch="blocksparse")
     gated = [key for key, c in models.items() if c.dispatch in ("capacity", "dropless")]
     runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio, gated,
-                              peak_dtype=base.dtype)  # fmt: skip
+                              peak_dtype=base.dtype, floors=floors)  # fmt: skip
     out = {"seq_len": seq_len, "batch": batch, "matmul_peak_flops": peak, "dtype": base.dtype,
            "capacity_factor": capacity_factor,
            "max_flops_ratio": max_flops_ratio, "dense": _record(dense, runs["dense"], seq_len, batch, peak),
@@ -354,7 +401,7 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
     t_dense, f_dense = out["dense"]["step_s"], out["dense"]["xla_flops"]
     for e, k, f in shapes:
         row = {"n_experts": e, "top_k": k, "d_expert": f, "block_sizes": block_sizes(seq_len * batch * k, e)}
-        for strategy in strategies:
+        for strategy in (*strategies, "floor"):
             key = f"E{e}-top{k}/{strategy}"
             rec = _record(models[key], runs[key], seq_len, batch, peak)
             rec["ratio"] = None if rec["step_s"] is None else rec["step_s"] / t_dense
@@ -387,7 +434,7 @@ def _print_dispatch(res: dict) -> None:
           f"MFU {100 * d['mfu']:.1f}%; capacity factor {res['capacity_factor']}")  # fmt: skip
     print("  shape          strategy      step ms   / dense   XLA FLOPs / dense")
     for name, row in res["shapes"].items():
-        for strategy in DISPATCH_STRATEGIES:
+        for strategy in (*DISPATCH_STRATEGIES, "floor"):
             if strategy not in row:
                 continue
             r = row[strategy]

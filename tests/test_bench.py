@@ -1,8 +1,9 @@
+import functools
 import json
 
 import pytest
 
-from moelab.bench import bench_dispatch
+from moelab.bench import bench_dispatch, floor_dispatch
 from moelab.cli import main
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
@@ -45,6 +46,13 @@ def test_bench_dispatch_times_every_strategy_against_one_dense_model():
         # exceeds the 1.5x limit: compiled and counted, not timed
         assert 1.0 < row["capacity"]["xla_flops_ratio"] < 1.5
         assert row["dropless"]["step_s"] is None and row["dropless"]["xla_flops_ratio"] > 1.5
+        # the floor: the dense FFN's products over the sorted rows, timed like the strategies
+        assert row["floor"]["ratio"] == pytest.approx(row["floor"]["step_s"] / dense["step_s"])
+        assert 1.0 <= row["floor"]["xla_flops_ratio"] < row["capacity"]["xla_flops_ratio"]
+    # the floor's swap ended with the compilation: the model traces blocksparse again
+    from moelab.model.dispatch import STRATEGIES, blocksparse
+
+    assert STRATEGIES["blocksparse"] is blocksparse.dispatch
     with pytest.raises(MoelabError, match="one activated width"):
         bench_dispatch(base, ((4, 1, 16), (8, 2, 16)), 8, 2, 1, 1, (64,))
 
@@ -72,3 +80,29 @@ def test_bench_fit_and_sweep_reject_bad_counts(capsys):
     assert main(["bench", "fit", "--bootstrap", "0"]) == 2
     assert main(["bench", "sweep", "--concurrency", "0"]) == 2
     assert "--concurrency must be >= 1" in capsys.readouterr().err
+
+
+def test_floor_dispatch_is_every_dispatch_when_all_rows_go_to_expert_0():
+    import jax
+    import jax.numpy as jnp
+
+    from moelab.model.dispatch import reference
+
+    n, d, f, e, k = 12, 8, 6, 4, 2
+    ks = jax.random.split(jax.random.key(3), 6)
+    x, proj = jax.random.normal(ks[0], (n, d)), jax.random.normal(ks[1], (n, d))
+    top_idx = jnp.zeros((n, k), jnp.int32)
+    top_w = jax.random.uniform(ks[2], (n, k))
+    ws = [jax.random.normal(kk, (e, d, f) if i < 2 else (e, f, d)) / 3 for i, kk in enumerate(ks[3:])]
+
+    def loss(fn):
+        def inner(x, top_w, *ws):
+            y, _, _ = fn(x, top_idx, top_w, *ws, capacity_factor=None, overflow=None, key=None)
+            return jnp.sum(y * proj)
+
+        return jax.value_and_grad(inner, argnums=(0, 1, 2, 3, 4))(x, top_w, *ws)
+
+    (v, g), (v_ref, g_ref) = loss(floor_dispatch), loss(functools.partial(reference.dispatch, dropless=True))
+    assert abs(float(v - v_ref)) <= 1e-4
+    for a, b in zip(g, g_ref, strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) <= 1e-5
