@@ -39,8 +39,9 @@ misfit_c * (cov(t, c) / (s^2 + var(c)))^2 back (the sandwich variance), so far-o
 fit rather than pin it are discounted or refused. --no-misfit trusts the law everywhere.
 
 Runs are picked greedily by variance reduction per FLOP until K runs or the --budget is spent (with a budget
-the greedy by reduction alone is also tried and the better end point kept: Leskovec et al. 2007's cost-benefit
-greedy). The output is a sweep YAML (generator zip: one explicit list per axis) on the base spec's
+the greedy by reduction alone is also tried: Leskovec et al. 2007's cost-benefit greedy), then each greedy set
+is improved by Fedorov's (1972) exchange of single runs within the same FLOPs; the lowest variance is kept.
+The output is a sweep YAML (generator zip: one explicit list per axis) on the base spec's
 model/data/train sections that `moelab sweep run` accepts; the expected interval and the misfit sd of each
 pick are printed. On synthetic data with a known law the suggested runs narrow the target's 95% interval more
 than the same FLOPs on random candidates or on the next rung of the grid (tests/test_suggest.py); replayed on
