@@ -96,6 +96,14 @@ def test_isoflop_criterion_recovers_a_known_allocation():
         lo, hi = arch["intervals"]["a"]
         assert lo <= arch["params"]["a"] <= hi
     assert m.check_isoflop(df[df["size"] < 2], n_boot=5)["status"] == "WAIT"
+    # E = 8 without a valley (its loss only rises with N at every budget): dense alone does not pass
+    no_valley = df.copy()
+    e8 = no_valley["n_experts"] == 8
+    no_valley.loc[e8, "loss"] = 1.5 + 0.1 * no_valley.loc[e8, "size"]
+    out = m.check_isoflop(no_valley, n_boot=5)
+    assert out["status"] == "FAIL" and "E = 8: 15 of 15 runs" in out["why"]
+    waiting = no_valley[~(e8 & (no_valley["flops"] == 8e12))]  # E = 8's last profile still training
+    assert m.check_isoflop(waiting, n_boot=5)["status"] == "WAIT"
     m.MAX_EXPONENT_WIDTH = 1e-6  # no real interval is this narrow: the exponents no longer count as measured
     narrow = m.check_isoflop(df, n_boot=30)
     assert narrow["status"] == "FAIL" and "measures nothing" in narrow["why"]
