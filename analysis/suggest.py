@@ -877,8 +877,8 @@ def simulate(
     pool = (X_cand, [observe(X_cand, s, 3) for s in seeds], candidates.flops)
     rung_ = (X_rung, [observe(X_rung, s, 4) for s in seeds], float(rung.flops.sum()))
     return compare_designs(
-        law, base, pool, rung_, target, seeds, n_boot=n_boot, n_starts=n_starts, delta=delta, misfit=misfit,
-    )  # fmt: skip
+        law, base, pool, rung_, target, seeds, n_boot=n_boot, n_starts=n_starts, delta=delta, misfit=misfit
+    )
 
 
 def replay_split(
