@@ -206,10 +206,7 @@ def check_isoflop(df: pd.DataFrame, n_boot: int) -> dict:
     out["status"] = "PASS" if ok else "FAIL"
     if missing:
         # an arm without a fitted profile: WAIT while its IsoFLOP runs are still training, else FAIL
-        c = np.asarray(plain["flops"], np.float64)
-        on_budget = np.zeros(len(plain), bool)
-        for b in ISO_BUDGETS:
-            on_budget |= np.abs(np.log(c / b)) < np.log(1.05)
+        on_budget = np.any([_close(plain["flops"], b) for b in ISO_BUDGETS], axis=0)
         done = {e: int((on_budget & (plain["n_experts"].to_numpy() == e)).sum()) for e in missing}
         planned = ISO_SIZES * len(ISO_BUDGETS)
         out["status"] = "WAIT" if any(n < planned for n in done.values()) and not wide else "FAIL"
