@@ -381,16 +381,15 @@ def bench_dispatch(base, shapes, seq_len, batch, steps, rounds, peak_sizes=(1024
         )
     dense = base.replace(n_experts=1, top_k=1, d_expert=widths.pop())
     models = {"dense": dense}
+    floors = []
     for e, k, f in shapes:
         for strategy in strategies:
             models[f"E{e}-top{k}/{strategy}"] = base.replace(
                 n_experts=e, top_k=k, d_expert=f, dispatch=strategy, capacity_factor=capacity_factor
             )
-    # XLA counts a while loop's body once, so only loop-free strategies have a FLOP count to gate on
-    floors = []
-    for e, k, f in shapes:
         floors.append(f"E{e}-top{k}/floor")
         models[floors[-1]] = base.replace(n_experts=e, top_k=k, d_expert=f, dispatch="blocksparse")
+    # XLA counts a while loop's body once, so only loop-free strategies have a FLOP count to gate on
     gated = [key for key, c in models.items() if c.dispatch in ("capacity", "dropless")]
     runs, peak = _time_models(models, seq_len, batch, steps, rounds, peak_sizes, max_flops_ratio, gated,
                               peak_dtype=base.dtype, floors=floors)  # fmt: skip
