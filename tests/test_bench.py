@@ -1,12 +1,15 @@
 import functools
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from moelab.bench import bench_dispatch, floor_dispatch
 from moelab.cli import main
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
+from moelab.model.dispatch import STRATEGIES, blocksparse, reference
 
 TINY = ["--d-model", "16", "--n-layers", "1", "--n-heads", "2", "--n-kv-heads", "2", "--head-dim", "8",
         "--d-expert", "8", "--n-experts", "4", "--top-k", "2", "--vocab-size", "32"]  # fmt: skip
@@ -50,8 +53,6 @@ def test_bench_dispatch_times_every_strategy_against_one_dense_model():
         assert row["floor"]["ratio"] == pytest.approx(row["floor"]["step_s"] / dense["step_s"])
         assert 1.0 <= row["floor"]["xla_flops_ratio"] < row["capacity"]["xla_flops_ratio"]
     # the floor's swap ended with the compilation: the model traces blocksparse again
-    from moelab.model.dispatch import STRATEGIES, blocksparse
-
     assert STRATEGIES["blocksparse"] is blocksparse.dispatch
     with pytest.raises(MoelabError, match="one activated width"):
         bench_dispatch(base, ((4, 1, 16), (8, 2, 16)), 8, 2, 1, 1, (64,))
@@ -75,19 +76,12 @@ def test_bench_bad_input_is_exit_2(args, tmp_path, capsys):
 
 
 def test_bench_fit_and_sweep_reject_bad_counts(capsys):
-    from moelab.cli import main
-
     assert main(["bench", "fit", "--bootstrap", "0"]) == 2
     assert main(["bench", "sweep", "--concurrency", "0"]) == 2
     assert "--concurrency must be >= 1" in capsys.readouterr().err
 
 
 def test_floor_dispatch_is_every_dispatch_when_all_rows_go_to_expert_0():
-    import jax
-    import jax.numpy as jnp
-
-    from moelab.model.dispatch import reference
-
     n, d, f, e, k = 12, 8, 6, 4, 2
     ks = jax.random.split(jax.random.key(3), 6)
     x, proj = jax.random.normal(ks[0], (n, d)), jax.random.normal(ks[1], (n, d))

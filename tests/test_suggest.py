@@ -4,6 +4,7 @@ the same FLOPs on random candidates or on the next grid rung (median over 20 see
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -31,8 +32,9 @@ from analysis.suggest import (
     simulate,
     sweep_dict,
 )
+from moelab.accounting import param_counts, train_flops_per_token
 from moelab.cli import main
-from moelab.sweep.spec import SweepSpec
+from moelab.sweep.spec import SweepSpec, build_run
 from tests._scripts import script_module
 
 TRUTH = {"E": 1.0, "A": 48.0, "B": 160.0, "alpha": 0.31, "beta": 0.30}  # CPU-scale chinchilla law
@@ -142,8 +144,6 @@ def test_exchange_reaches_the_brute_force_optimum_the_greedy_misses():
     """design_variance is the greedy's running value (with misfit too); Fedorov's exchange from the greedy
     never ends worse and stays within the greedy's FLOPs and k; where the greedy misses the best set found by
     enumerating every subset, the exchange often reaches it (a local search: not always)."""
-    import itertools
-
     rng = np.random.default_rng(11)
     greedy_short = exchange_fixed = 0
     for _trial in range(40):
@@ -225,9 +225,6 @@ def test_candidates_respect_the_flop_cap_the_epoch_the_family_and_the_table():
     assert len(c) == 3 and np.all(c.flops <= 1e14) and np.all(c.table["tokens"] <= 1e8)
     assert np.all(c.table["tokens"] % (16 * 128) == 0)  # whole steps of the base batch
     # the cost is the accounting's, not 6ND
-    from moelab.accounting import train_flops_per_token
-    from moelab.sweep.spec import build_run
-
     spec = SweepSpec.from_dict({"name": "x", **BASE})
     run = build_run(spec, c.points[0])
     assert c.flops[0] == train_flops_per_token(run.model, 128) * run.train.tokens
@@ -242,8 +239,6 @@ def test_sweep_dict_keeps_the_base_and_plans_to_the_same_models():
     spec = SweepSpec.from_dict(sweep_dict(c.points, base, "next", "d"))
     trials = spec.trials()
     assert spec.generator == "zip" and len(trials) == len(c) == 4 and spec.train["lr"] == 2e-3
-    from moelab.accounting import param_counts
-
     got = sorted(param_counts(t.model).active for t in trials)
     assert got == sorted(c.table["active_params"])
 
