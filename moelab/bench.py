@@ -267,22 +267,19 @@ def make_step(cfg, seq_len: int, batch: int, lr: float = 1e-3):
 
 
 def floor_dispatch(x, top_idx, top_w, w_gate, w_up, w_down, **_):
-    """The bench's floor, not a dispatch: ``blocksparse.dispatch``'s sort, gather, gate weighting and scatter
-    around one plain SwiGLU of expert 0's weights over all N·k sorted rows (module docstring). Equal to every
-    dispatch when every assignment goes to expert 0 (tests/test_bench.py)."""
+    """The bench's floor, not a dispatch: the dropless strategies' routing
+    (``moelab.model.dispatch.sorted.through_sorted_groups``) around one plain SwiGLU of expert 0's weights
+    over all N·k sorted rows (module docstring). Equal to every dispatch when every assignment goes to expert
+    0 (tests/test_bench.py)."""
     import jax
-    import jax.numpy as jnp
 
-    n, d = x.shape
-    k = top_idx.shape[1]
-    order = jnp.argsort(top_idx.reshape(n * k), stable=True)
-    token = (order // k).astype(jnp.int32)
-    xs = x[token]
-    out = (jax.nn.silu(xs @ w_gate[0]) * (xs @ w_up[0])) @ w_down[0]
-    weights = top_w.reshape(n * k)[order].astype(x.dtype)
-    y = jnp.zeros((n, d), out.dtype).at[token].add(out * weights[:, None])
-    zero = jnp.zeros((), jnp.float32)
-    return y, zero, zero
+    from moelab.model.dispatch.sorted import through_sorted_groups
+
+    def ffn(xs, group_sizes):
+        del group_sizes  # one product over every row
+        return (jax.nn.silu(xs @ w_gate[0]) * (xs @ w_up[0])) @ w_down[0]
+
+    return through_sorted_groups(x, top_idx, top_w, w_gate.shape[0], ffn)
 
 
 @contextlib.contextmanager

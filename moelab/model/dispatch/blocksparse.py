@@ -31,6 +31,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from moelab.model.dispatch.sorted import through_sorted_groups
+
 #: Smallest and largest block (rows) of the CPU rule.
 MIN_BLOCK, MAX_BLOCK = 32, 128
 #: Up to this many experts the loop over experts is unrolled at trace time (a static slice of each expert's
@@ -71,22 +73,14 @@ def dispatch(x, top_idx, top_w, w_gate, w_up, w_down, *, capacity_factor=None, o
     """Dropless dispatch with the signature of ``reference.dispatch`` (``capacity_factor``, ``overflow`` and
     ``key`` unused). ``block`` (an int, or decreasing powers of two) overrides ``block_sizes``'s rule."""
     del capacity_factor, overflow, key  # dropless: no capacity, no overflow
-    n, d = x.shape
-    k = top_idx.shape[1]
-    n_experts = w_gate.shape[0]
+    n_rows, n_experts = top_idx.size, w_gate.shape[0]
     if block is None:
-        sizes = block_sizes(n * k, n_experts)
+        sizes = block_sizes(n_rows, n_experts)
     else:
         sizes = (block,) if isinstance(block, int) else tuple(block)
-    expert = top_idx.reshape(n * k)
-    order = jnp.argsort(expert, stable=True)
-    token = (order // k).astype(jnp.int32)
-    group_sizes = jnp.bincount(expert, length=n_experts).astype(jnp.int32)
-    out = grouped_swiglu(x[token], w_gate, w_up, w_down, group_sizes, sizes)
-    weights = top_w.reshape(n * k)[order].astype(x.dtype)
-    y = jnp.zeros((n, d), out.dtype).at[token].add(out * weights[:, None])
-    zero = jnp.zeros((), jnp.float32)
-    return y, zero, zero
+    return through_sorted_groups(
+        x, top_idx, top_w, n_experts, lambda xs, gs: grouped_swiglu(xs, w_gate, w_up, w_down, gs, sizes)
+    )
 
 
 def _for_blocks(start, rows, sizes, body, carry):
