@@ -14,6 +14,9 @@ Every strategy is a function with the signature of ``moelab.model.dispatch.refer
 - ``auto``: the fastest dropless strategy for the backend, ``resolve("auto")``. Both candidates compute the
   same function (nothing dropped), so a run's numbers do not depend on which one was picked.
 - ``reference`` (reference.py): a slow per-token loop, the ground truth of the tests.
+
+The two dropless strategies share their routing (sort by expert, gather, gate-weighted scatter back):
+``sorted.through_sorted_groups``, around a grouped FFN of their own.
 """
 
 from __future__ import annotations
