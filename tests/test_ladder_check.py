@@ -1,10 +1,12 @@
-"""scripts/ladder_check.py: issue 12's MoE-vs-dense criterion on hand-made ladder rows (PASS, FAIL, WAIT)."""
+"""scripts/ladder_check.py: issue 12's criteria on hand-made ladder rows (PASS, FAIL, WAIT), on known laws."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from analysis.fit import fit
+from analysis.laws import get_law
 from tests._scripts import script_module
 
 
@@ -107,3 +109,34 @@ def test_isoflop_criterion_recovers_a_known_allocation():
     m.MAX_EXPONENT_WIDTH = 1e-6  # no real interval is this narrow: the exponents no longer count as measured
     narrow = m.check_isoflop(df, n_boot=30)
     assert narrow["status"] == "FAIL" and "measures nothing" in narrow["why"]
+
+
+def test_e_effect_over_the_grid_recovers_a_known_sign_pattern():
+    """Dense and E = 4, 8, 16 on the ladder's grid under a joint MoE law whose MoE runs need more data (a
+    larger, steeper D-term: omega > 0, zeta < 0): L(E = 16) - L(E = 1) is positive at few tokens and negative
+    at many. The per-cell effect of the fitted law matches the true one, and every cell with a clear true
+    effect has its interval on the true side."""
+    m = _module()
+    # near the ladder's own joint_moe fit: E = 16 behind dense by up to 0.09 at 1.1e6 tokens, ahead by up to
+    # 0.13 at 1e7
+    truth = {"a": 16.0, "b": 14.5, "c": 0.24, "alpha": -0.3, "beta": -0.2, "delta": -0.56, "gamma": 0.058,
+             "omega": 1.24, "zeta": -0.093}  # fmt: skip
+    law = get_law("joint_moe")
+    sizes, tokens = m.SIZES, (*m.TOKENS, m.EPOCH_D)
+    df = pd.DataFrame([{"n_experts": e, "top_k": 1, "n_shared_experts": 0, "granularity": 1.0,
+                        "shared_ratio": 0.0, "expert_lr_scale": 1.0, "active_params": n, "tokens": d}
+                       for e in (1, 4, 8, 16) for n in sizes for d in tokens])  # fmt: skip
+    rng = np.random.default_rng(0)
+    df["loss"] = law.predict(truth, df) * np.exp(1e-3 * rng.normal(size=len(df)))
+    res = fit(df, law, bootstrap=16, max_starts=64)
+    got = m._e_effect_cells(df, res)
+    assert got["cells"] == len(m.SIZES) * len(m.TOKENS) + 1
+    for cell in got["per_cell"]:
+        probe = pd.DataFrame([{**m._template(df), "active_params": cell["N"], "tokens": cell["D"],
+                               "n_experts": e} for e in (1, 16)])  # fmt: skip
+        true = float(np.diff(law.predict(truth, probe))[0])
+        assert abs(cell["L16_minus_L1"] - true) < 0.01, (cell, true)
+        lo, hi = cell["interval"]
+        if abs(true) > 0.03:
+            assert (hi < 0) if true < 0 else (lo > 0), (cell, true)
+    assert got["below_zero"] > 0 and got["above_zero"] > 0  # the law's pattern: both signs appear
