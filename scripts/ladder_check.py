@@ -6,7 +6,8 @@ Each criterion prints PASS, FAIL or WAIT (the rows it needs are not committed ye
 1. MoE beats dense: at the ladder's largest activated size, on the middle token budget or on the most tokens
    under one epoch (``sweeps/ladder_top*.yaml``; see ``check_gains``), E = 8 top-1 is below
    dense by >= 5 seed standard deviations (the pooled within-arm sd of the 2 seeds), and the gain is monotone
-   in E (4 < 8 < 16); each arm's gain is against dense on the same seeds. The gap of every MoE run against
+   in E (4 < 8 < 16); each arm's gain is against dense on the same seeds (E = 8's gain per seed and the spread
+   of those paired gains are listed beside it, not judged). The gap of every MoE run against
    its dense twin (same N, D, seed) is listed too, and how E = 8's gap moves with D and N
    (``analysis.twins.gap_trend``: per decade of each, with intervals, and its value at the largest N for
    the middle budget, the largest budget and the most tokens one epoch of the corpus allows).
@@ -108,6 +109,11 @@ def check_gain(df: pd.DataFrame, d: float = MIDDLE_D) -> dict:
     ok = gain[8] >= SIGMAS * sd and monotone
     out |= {"status": "PASS" if ok else "FAIL", "seed_sd": sd, "gain_over_dense": gain,
             "gain8_in_sd": gain[8] / sd if sd > 0 else float("inf"), "monotone": monotone}  # fmt: skip
+    # not the criterion, beside it: E = 8's gain seed by seed (dense and E = 8 of one seed see the same
+    # batches), and the spread of those paired gains
+    paired = [seeds[1][s] - loss for s, loss in sorted(seeds[8].items()) if s in seeds[1]]
+    out["e8_paired_gains"] = paired
+    out["e8_paired_sd"] = float(np.std(paired, ddof=1)) if len(paired) > 1 else None
     return out
 
 

@@ -37,6 +37,8 @@ def test_gain_criterion_passes_fails_and_waits():
     out = m.check_gain(_rows(good))
     assert out["status"] == "PASS" and out["monotone"]
     assert abs(out["gain_over_dense"][8] - 0.099) < 1e-9 and out["gain8_in_sd"] > 5
+    np.testing.assert_allclose(out["e8_paired_gains"], [0.100, 0.098], atol=1e-12)
+    assert abs(out["e8_paired_sd"] - 0.002 / np.sqrt(2)) < 1e-12
     # an arm with one seed is set against dense's run of that seed, not against dense's mean
     paired = {k: v for k, v in good.items() if k != (4, 0)} | {(4, 1): 1.950}
     assert abs(m.check_gain(_rows(paired))["gain_over_dense"][4] - 0.060) < 1e-9
