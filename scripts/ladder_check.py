@@ -172,17 +172,15 @@ def check_e_effect(df: pd.DataFrame, results: dict) -> dict:
         res = results.get(name)
         if res is None or res.bootstrap is None:
             continue
-        probe = pd.DataFrame([{**_template(df), "n_experts": e} for e in (1, 16)])
         try:
-            pred = res.law.predict(np.asarray(res.bootstrap.samples), probe)  # [B, 2]
+            cells = _e_effect_cells(df, res)
         except (MoelabError, KeyError, ValueError) as exc:
             out[name] = {"status": "FAIL", "why": str(exc).splitlines()[0]}
             continue
-        diff = pred[..., 1] - pred[..., 0]
-        lo, hi = np.percentile(diff, [2.5, 97.5])
-        point = res.law.predict(res.params, probe)
-        out[name] = {"status": "PASS" if hi < 0 else "FAIL", "L16_minus_L1": float(point[1] - point[0]),
-                     "interval": [float(lo), float(hi)], "over_cells": _e_effect_cells(df, res)}  # fmt: skip
+        at = next(c for c in cells["per_cell"] if (c["N"], c["D"]) == (TOP_N, MIDDLE_D))
+        ok = at["interval"][1] < 0
+        out[name] = {"status": "PASS" if ok else "FAIL", "L16_minus_L1": at["L16_minus_L1"],
+                     "interval": at["interval"], "over_cells": cells}  # fmt: skip
     status = "WAIT" if not out else ("PASS" if all(v["status"] == "PASS" for v in out.values()) else "FAIL")
     return {"status": status, "at": f"N = {TOP_N:.2g}, D = {MIDDLE_D:.2g}", "laws": out}
 
